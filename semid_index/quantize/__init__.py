@@ -1,0 +1,27 @@
+"""Residual mini-batch k-means in pure PyTorch (no database code).
+
+Public names:
+
+* :class:`ResidualKMeans` - the estimator: ``fit`` / ``partial_fit`` / ``encode`` / ``decode`` /
+  ``quality``;
+* :class:`QualityReport`, :class:`LevelStats`, :func:`code_statistics` - quality metrics;
+* :func:`kmeans_plusplus` - greedy k-means++ seeding;
+* :func:`set_gemm_backend`, :func:`get_gemm_backend` - CPU GEMM route for distances.
+"""
+
+from ._kernels import get_gemm_backend, mkldnn_available, set_gemm_backend
+from ._kmeans import kmeans_plusplus
+from ._metrics import LevelStats, QualityReport, code_statistics
+from ._residual import FitLog, ResidualKMeans
+
+__all__ = [
+    "ResidualKMeans",
+    "FitLog",
+    "QualityReport",
+    "LevelStats",
+    "code_statistics",
+    "kmeans_plusplus",
+    "set_gemm_backend",
+    "get_gemm_backend",
+    "mkldnn_available",
+]

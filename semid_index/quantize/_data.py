@@ -1,0 +1,315 @@
+"""Input handling: validation and streaming sources of embedding rows.
+
+A *source* hands the training loop float32 CPU tensors of shape (rows, D), validated (finite, right
+width), either in random order (chunks shuffled, rows shuffled inside a chunk) or in storage order.
+Three kinds exist:
+
+* in-memory arrays (``torch.Tensor`` or ``numpy.ndarray``), read by row slices;
+* files on disk: a top-level ``numpy.memmap`` (e.g. ``np.load(path, mmap_mode="r")``) is read with
+  plain file reads into a reusable buffer, so the pages of a file larger than RAM never pile up in
+  the process' resident set;
+* re-iterable collections of batches (a list, a ``DataLoader``, or a zero-argument callable that
+  returns a fresh iterator), read in the order they come.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DimensionMismatchError, EmptyInputError, NonFiniteError
+
+DEFAULT_CHUNK_BYTES = 64 << 20  # rows read at once from a source; bounds streaming memory
+MIX_BLOCKS = 16  # random blocks mixed into one shuffled chunk
+
+
+def as_float_tensor(x, *, name: str = "embeddings") -> torch.Tensor:
+    """Convert one batch (tensor, ndarray or nested list) to a 2-D float32 CPU/GPU tensor.
+
+    No copy is made when ``x`` already is a contiguous float32 tensor.
+    """
+    if isinstance(x, torch.Tensor):
+        t = x
+    elif isinstance(x, np.ndarray):
+        if x.dtype.kind not in "fiub":
+            raise ConfigError(f"{name} must be numeric, got dtype {x.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name} must be a tensor, an array or a list of rows: {exc}") from None
+    if t.dtype.is_complex or t.dtype == torch.bool:
+        raise ConfigError(f"{name} must be real-valued, got dtype {t.dtype}")
+    if t.ndim != 2:
+        raise DimensionMismatchError(f"{name} must be 2-D (rows, dim), got shape {tuple(t.shape)}")
+    if t.dtype != torch.float32:
+        t = t.to(torch.float32)
+    return t.contiguous()
+
+
+def check_batch(t: torch.Tensor, dim: int | None, *, row_offset: int = 0, name: str = "embeddings",
+                expected_from: str = "the model was trained with") -> None:
+    """Raise a typed error if ``t`` (rows, D) has the wrong width or holds NaN/inf."""
+    if dim is not None and t.shape[1] != dim:
+        raise DimensionMismatchError(
+            f"{name} have dim={t.shape[1]} but {expected_from} dim={dim}")
+    finite = torch.isfinite(t)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()
+        raise NonFiniteError(
+            f"{name} contain {bad.shape[0]} non-finite value(s) (NaN/inf); first at row "
+            f"{int(bad[0, 0]) + row_offset}, column {int(bad[0, 1])}")
+
+
+class Source:
+    """Base class: a validated stream of (rows, D) float32 CPU tensors."""
+
+    dim: int
+    n_rows: int | None
+    #: True if rows can be addressed by index (random batches, sampling, residual buffers).
+    random_access: bool = False
+    #: True if shuffled chunks mix rows from the whole source (False: read in the given order).
+    shuffles: bool = False
+
+    def chunks(self, rows: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """Yield chunks of at most ``rows`` rows; shuffled when ``generator`` is given."""
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Return ``min(n, n_rows)`` distinct rows drawn uniformly at random, shape (n, D)."""
+        n = min(n, self.n_rows)
+        if n == self.n_rows:
+            return torch.cat(list(self.chunks(1 << 20)))
+        idx = torch.randperm(self.n_rows, generator=generator)[:n].sort().values
+        return self._take(idx.numpy())
+
+    def _take(self, idx: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def materialize(self) -> torch.Tensor:
+        """Return all rows as one contiguous float32 tensor (a copy the caller may modify)."""
+        raise NotImplementedError
+
+
+class ArraySource(Source):
+    """Rows held in memory (a tensor, an ndarray, or a memmap read by slicing)."""
+
+    random_access = True
+    shuffles = True
+
+    def __init__(self, data, name: str = "embeddings"):
+        if isinstance(data, torch.Tensor):
+            if data.ndim != 2:
+                raise DimensionMismatchError(
+                    f"{name} must be 2-D (rows, dim), got shape {tuple(data.shape)}")
+            if data.dtype.is_complex or data.dtype == torch.bool:
+                raise ConfigError(f"{name} must be real-valued, got dtype {data.dtype}")
+        else:
+            data = np.asarray(data) if not isinstance(data, np.ndarray) else data
+            if data.ndim != 2:
+                raise DimensionMismatchError(
+                    f"{name} must be 2-D (rows, dim), got shape {tuple(data.shape)}")
+            if data.dtype.kind not in "fiu":
+                raise ConfigError(f"{name} must be numeric, got dtype {data.dtype}")
+        self.data = data
+        self.n_rows, self.dim = int(data.shape[0]), int(data.shape[1])
+        self.name = name
+        self.checked = False
+
+    def _rows(self, a: int, b: int) -> torch.Tensor:
+        part = self.data[a:b]
+        if isinstance(part, torch.Tensor):
+            t = part.detach().to("cpu", torch.float32, copy=True)  # callers overwrite chunks
+        else:
+            t = torch.from_numpy(np.array(part, dtype=np.float32, order="C", copy=True))
+        if not self.checked:
+            check_batch(t, None, row_offset=a, name=self.name)
+        return t.contiguous()
+
+    def chunks(self, rows, generator=None):
+        if generator is None:
+            for a in range(0, self.n_rows, rows):
+                yield self._rows(a, min(a + rows, self.n_rows))
+            self.checked = True
+            return
+        # Shuffled: each chunk gathers MIX_BLOCKS blocks from random places and shuffles their
+        # rows, so data stored sorted (by category, by date) still gives mixed mini-batches while
+        # reads stay sequential within a block.
+        block = max(1, rows // MIX_BLOCKS)
+        starts = torch.arange(0, self.n_rows, block)
+        starts = starts[torch.randperm(len(starts), generator=generator)].tolist()
+        for g in range(0, len(starts), MIX_BLOCKS):
+            t = torch.cat([self._rows(a, min(a + block, self.n_rows))
+                           for a in starts[g:g + MIX_BLOCKS]])
+            yield t[torch.randperm(t.shape[0], generator=generator)]
+
+    def _take(self, idx):
+        if isinstance(self.data, torch.Tensor):
+            t = self.data[torch.from_numpy(idx)].detach().to("cpu", torch.float32)
+        else:
+            t = torch.from_numpy(np.asarray(self.data[idx], dtype=np.float32))
+        check_batch(t, None, name=self.name)
+        return t.contiguous()
+
+    def materialize(self):
+        out = torch.empty(self.n_rows, self.dim, dtype=torch.float32)
+        step = max(1, DEFAULT_CHUNK_BYTES // (4 * self.dim))
+        for a in range(0, self.n_rows, step):
+            out[a:a + step] = self._rows(a, min(a + step, self.n_rows))
+        self.checked = True
+        return out
+
+
+class FileSource(ArraySource):
+    """A top-level, C-ordered ``numpy.memmap`` read with ``pread`` instead of through the mapping.
+
+    Reading through the mapping would leave every touched page resident in this process; plain
+    reads keep the resident set at one chunk whatever the file size.
+    """
+
+    def __init__(self, data: np.memmap, name: str = "embeddings"):
+        super().__init__(data, name)
+        self.path = data.filename
+        self.offset = int(data.offset)
+        self.itemsize = data.dtype.itemsize
+        self.row_bytes = self.dim * self.itemsize
+        self.dtype = data.dtype.newbyteorder("=") if data.dtype.byteorder not in "=|" else data.dtype
+        self.file_dtype = data.dtype
+
+    @staticmethod
+    def usable(data) -> bool:
+        return (isinstance(data, np.memmap) and isinstance(data.base, mmap.mmap)
+                and data.filename is not None and data.ndim == 2 and data.flags.c_contiguous
+                and data.dtype.kind == "f" and os.path.exists(data.filename))
+
+    def _read(self, fd: int, a: int, b: int) -> np.ndarray:
+        nbytes = (b - a) * self.row_bytes
+        buf = os.pread(fd, nbytes, self.offset + a * self.row_bytes)
+        if len(buf) != nbytes:
+            raise EmptyInputError(f"{self.path} ended early: wanted rows {a}..{b}")
+        return np.frombuffer(buf, dtype=self.file_dtype).reshape(b - a, self.dim)
+
+    def _rows(self, a, b):
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            arr = self._read(fd, a, b)
+        finally:
+            os.close(fd)
+        t = torch.from_numpy(arr.astype(np.float32, copy=True))
+        if not self.checked:
+            check_batch(t, None, row_offset=a, name=self.name)
+        return t
+
+    def _take(self, idx):
+        out = np.empty((len(idx), self.dim), dtype=np.float32)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            # coalesce runs of consecutive indices into single reads
+            breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+            pos = 0
+            for run in np.split(idx, breaks):
+                a, b = int(run[0]), int(run[-1]) + 1
+                out[pos:pos + b - a] = self._read(fd, a, b)
+                pos += b - a
+        finally:
+            os.close(fd)
+        t = torch.from_numpy(out)
+        check_batch(t, None, name=self.name)
+        return t
+
+
+class IterableSource(Source):
+    """A re-iterable collection of batches, read in the order it yields them.
+
+    ``n_rows`` is unknown until the first full pass.
+    """
+
+    def __init__(self, batches, name: str = "embeddings"):
+        if callable(batches) and not hasattr(batches, "__iter__"):
+            self.factory: Callable[[], Iterable] = batches
+        elif iter(batches) is batches:
+            raise ConfigError(
+                "fit() needs several passes over the data, but it got a one-shot iterator "
+                f"({type(batches).__name__}); pass a list, a re-iterable object, a callable that "
+                "returns a fresh iterator, or call partial_fit() once per batch")
+        else:
+            self.factory = lambda: batches
+        self.name = name
+        self.n_rows = None
+        self.dim = None
+
+    def chunks(self, rows, generator=None):
+        seen = 0
+        for raw in self.factory():
+            t = as_float_tensor(raw, name=self.name)
+            if t.shape[0] == 0:
+                continue
+            check_batch(t, self.dim, row_offset=seen, name=self.name,
+                        expected_from="earlier batches have")
+            if self.dim is None:
+                self.dim = int(t.shape[1])
+            t = t.to("cpu", copy=True)  # callers overwrite chunks; never touch the user's batch
+            if generator is not None:
+                t = t[torch.randperm(t.shape[0], generator=generator)]
+            for a in range(0, t.shape[0], rows):
+                yield t[a:a + rows]
+            seen += t.shape[0]
+        if self.n_rows is None:
+            self.n_rows = seen
+
+    def sample(self, n, generator):
+        """Reservoir sample of ``n`` rows over one pass (Algorithm R, chunk-vectorised)."""
+        res: np.ndarray | None = None
+        filled = 0
+        seen = 0
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        for chunk in self.chunks(1 << 16):
+            c = chunk.numpy()
+            if res is None:
+                res = np.empty((n, c.shape[1]), dtype=np.float32)
+            take = min(n - filled, c.shape[0])
+            res[filled:filled + take] = c[:take]
+            filled += take
+            rest = c[take:]
+            if rest.shape[0]:
+                pos = seen + take + np.arange(rest.shape[0])
+                slot = (rng.random(rest.shape[0]) * (pos + 1)).astype(np.int64)
+                keep = slot < n
+                res[slot[keep]] = rest[keep]
+            seen += c.shape[0]
+        if res is None:
+            raise EmptyInputError(f"{self.name} are empty: the batches yielded no rows")
+        return torch.from_numpy(res[:filled].copy())
+
+    def materialize(self):
+        return torch.cat(list(self.chunks(1 << 20)))
+
+
+def make_source(data, name: str = "embeddings") -> Source:
+    """Wrap user input in the right :class:`Source`; raise a typed error for empty input."""
+    if isinstance(data, (str, os.PathLike)):
+        data = np.load(os.fspath(data), mmap_mode="r", allow_pickle=False)
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        src = FileSource(data, name) if FileSource.usable(data) else ArraySource(data, name)
+        if src.n_rows == 0:
+            raise EmptyInputError(f"{name} are empty: got shape {tuple(data.shape)}")
+        if src.dim == 0:
+            raise DimensionMismatchError(f"{name} have dim=0: got shape {tuple(data.shape)}")
+        return src
+    if isinstance(data, (list, tuple)) and data and not isinstance(data[0], (list, tuple)) \
+            and not np.isscalar(data[0]):
+        return IterableSource(data, name)
+    if isinstance(data, (list, tuple)):
+        if len(data) == 0:
+            raise EmptyInputError(f"{name} are empty: got an empty {type(data).__name__}")
+        return make_source(np.asarray(data, dtype=np.float32), name)
+    if callable(data) or hasattr(data, "__iter__"):
+        return IterableSource(data, name)
+    raise ConfigError(
+        f"{name} must be a tensor, an ndarray, a memmap, a path to a .npy file or an iterable "
+        f"of batches, got {type(data).__name__}")

@@ -1,0 +1,140 @@
+"""Distance kernels: squared Euclidean distances in GEMM form, chunked, fp32 accumulation.
+
+``d(x, c) = ||x||^2 - 2 x.c + ||c||^2``. For the argmin only ``||c||^2 - 2 x.c`` matters, which is a
+single ``linear(x, -2C, ||c||^2)`` call: one GEMM with the bias add fused, no (B, K, D) broadcast.
+
+Two GEMM routes exist on CPU and give the same codes (tested):
+
+* ``"linear"``: ``torch.nn.functional.linear`` (public API; the default);
+* ``"mkldnn"``: oneDNN's inner product through ``torch.ops.mkldnn._linear_pointwise`` (an internal
+  op, faster than MKL's AVX2 path on some AMD CPUs; used only when it exists and is asked for with
+  ``SEMID_GEMM=mkldnn`` or :func:`set_gemm_backend`).
+
+The choice is explicit, never timed at run time, so the same machine always computes the same codes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+_BACKENDS = ("linear", "mkldnn")
+_backend = os.environ.get("SEMID_GEMM", "linear")
+if _backend not in _BACKENDS:  # pragma: no cover - environment misconfiguration
+    raise ValueError(f"SEMID_GEMM={_backend!r} is not one of {_BACKENDS}")
+
+#: Upper bound on the (rows x K) score block computed at once, in floats (16 MiB).
+SCORE_BLOCK = 4 << 20
+
+
+def mkldnn_available() -> bool:
+    """True if oneDNN's fp32 inner product can be called on this build."""
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if op is None or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        op(torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(4), "none", [], "")
+    except Exception:  # noqa: BLE001 - any failure means "not usable here"
+        return False
+    return True
+
+
+def set_gemm_backend(name: str) -> None:
+    """Select the CPU GEMM route: ``"linear"`` (default) or ``"mkldnn"``."""
+    global _backend
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown GEMM backend {name!r}; choose one of {_BACKENDS}")
+    if name == "mkldnn" and not mkldnn_available():
+        raise RuntimeError("the mkldnn GEMM backend is not available in this torch build")
+    _backend = name
+
+
+def get_gemm_backend() -> str:
+    return _backend
+
+
+def scores(x: torch.Tensor, neg2c: torch.Tensor, cnorm: torch.Tensor) -> torch.Tensor:
+    """``||c||^2 - 2 x.c`` for every row and centroid.
+
+    x: (B, D) float32; neg2c: (K, D) = -2 * centroids; cnorm: (K,) = ||c||^2. Returns (B, K).
+    """
+    if _backend == "mkldnn" and x.device.type == "cpu":
+        return torch.ops.mkldnn._linear_pointwise(x, neg2c, cnorm, "none", [], "")
+    return F.linear(x, neg2c, cnorm)
+
+
+def block_rows(k: int, requested: int | None = None) -> int:
+    """Rows per score block so that a (rows, k) block stays under :data:`SCORE_BLOCK` floats."""
+    rows = max(64, SCORE_BLOCK // max(k, 1))
+    return min(rows, requested) if requested else rows
+
+
+class Codebook:
+    """Precomputed GEMM operands of one codebook: centroids (K, D), -2C and ||c||^2."""
+
+    __slots__ = ("centroids", "neg2c", "cnorm")
+
+    def __init__(self, centroids: torch.Tensor):
+        self.centroids = centroids
+        self.neg2c = (-2.0 * centroids).contiguous()
+        self.cnorm = (centroids * centroids).sum(1)
+
+    def nearest(self, x: torch.Tensor, *, with_dist: bool = False):
+        """Nearest centroid of every row of x (B, D): labels (B,) int64 [, squared dist (B,)].
+
+        Processed in row blocks so the score matrix stays small for any K.
+        """
+        k = self.centroids.shape[0]
+        rows = block_rows(k)
+        if x.shape[0] <= rows:
+            return self._nearest(x, with_dist)
+        parts = [self._nearest(x[a:a + rows], with_dist) for a in range(0, x.shape[0], rows)]
+        if with_dist:
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return torch.cat(parts)
+
+    def _nearest(self, x, with_dist):
+        s = scores(x, self.neg2c, self.cnorm)
+        if not with_dist:
+            return s.argmin(1)
+        m, lab = s.min(1)
+        d = (m + (x * x).sum(1)).clamp_(min=0.0)
+        return lab, d
+
+
+def sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Exact-form squared Euclidean distances, (B, D) x (K, D) -> (B, K), clamped at 0."""
+    d = F.linear(x, -2.0 * y, (y * y).sum(1))
+    d += (x * x).sum(1, keepdim=True)
+    return d.clamp_(min=0.0)
+
+
+def normalize_rows_(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """L2-normalise rows in place (``x / max(||x||, eps)``) and return the original norms (B,)."""
+    norms = torch.linalg.vector_norm(x, dim=1)
+    x.div_(norms.clamp(min=eps).unsqueeze(1))
+    return norms
+
+
+def encode_block(x: torch.Tensor, books: list[Codebook], normalize: bool,
+                 out: torch.Tensor, residual_dist: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Greedy residual encoding of one row block, all levels fused; x is overwritten.
+
+    x: (B, D) float32 work buffer holding the input rows; out: (B, L) int64 receives the codes.
+    If ``residual_dist`` is a list, the squared norm of the residual entering each level (before any
+    normalisation) and of the one left after the last level are appended ((B,) tensors).
+    Returns x, which now holds the final residual.
+    """
+    for level, book in enumerate(books):
+        if residual_dist is not None:
+            residual_dist.append((x * x).sum(1))
+        if normalize:
+            normalize_rows_(x)
+        lab = book.nearest(x)
+        out[:, level] = lab
+        x.sub_(book.centroids.index_select(0, lab))
+    if residual_dist is not None:
+        residual_dist.append((x * x).sum(1))
+    return x

@@ -1,0 +1,653 @@
+"""ResidualKMeans: hierarchical codes from a stack of mini-batch k-means codebooks."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import (ConfigError, DimensionMismatchError, EmptyInputError, InvalidCodesError,
+                      NotFittedError, TooFewItemsError)
+from ._data import DEFAULT_CHUNK_BYTES, Source, as_float_tensor, check_batch, make_source
+from ._kernels import Codebook, block_rows, encode_block, normalize_rows_
+from ._kmeans import REASSIGN_WINDOW, KMeansLevel, kmeans_plusplus, polish
+from ._metrics import QualityReport, code_statistics
+
+log = logging.getLogger("semid_index.quantize")
+
+#: Bytes of residual buffer ``fit`` may allocate for in-memory input before it streams instead.
+RESIDUAL_BUFFER_BYTES = 2 << 30
+GRID_INIT_BUFFER = 3072
+_BLOCK = 1 << 14  # rows per block for memory-bound passes over buffers
+
+
+@dataclass
+class FitLog:
+    """What happened while fitting one level (kept in ``ResidualKMeans.history_``)."""
+
+    level: int
+    steps: int
+    converged: bool
+    reassigned: int
+    inertia: float
+    empty_codes: int
+
+
+class ResidualKMeans:
+    """Residual mini-batch k-means: maps embeddings (N, D) to hierarchical codes (N, L).
+
+    Level ``l`` clusters the residual left by levels ``< l``; an item's code at level ``l`` is the
+    nearest centroid to its residual (greedy, so the level-1 code is the nearest level-1 centroid).
+
+    Parameters
+    ----------
+    n_levels : int, default 3
+        Number of codebooks L (hierarchy depth of the IDs).
+    codebook_size : int or sequence of int, default 256
+        Centroids per level: one int for every level, or one per level.
+    normalize_residuals : bool, default False
+        L2-normalise the input and every residual before it is quantised (GRID's behaviour). With
+        ``False`` the sum of an item's centroids reconstructs it.
+    train_layer_wise : bool, default True
+        Train level 1 to the end, then level 2 on its residuals, and so on. ``False`` updates every
+        level on every mini-batch (joint training).
+    batch_size : int, default 4096
+        Rows per mini-batch step.
+    max_epochs : float, default 3.0
+        Upper bound on mini-batch passes over the data per level (before polishing).
+    max_steps : int or None, default 150
+        Upper bound on mini-batch steps per level; ``None`` for no bound besides ``max_epochs``.
+    tol : float, default 1e-4
+        Early stop when the squared centre shift of a step falls below ``tol`` times the data
+        variance; ``0`` disables it.
+    max_no_improvement : int or None, default 10
+        Early stop after this many steps without improvement of the smoothed batch inertia.
+    init_size : int or None
+        Rows sampled (uniformly, from the whole input) for k-means++ seeding; default
+        ``min(N, 32 * K)``.
+    n_init_trials : int or None
+        Candidates per k-means++ step; default ``2 + int(ln K)``.
+    reassign_empty : bool, default True
+        Re-seed a centroid that gets no point at all while ``min(N, 50 K)`` rows go by (a dead
+        code) onto a poorly served point. Codes still empty at the end are re-seeded by polishing.
+    n_polish : int, default 1
+        Exact Lloyd passes over all data at the end of each level (they also re-seed any code that is
+        still empty, so training leaves no unused code when N >= K distinct points).
+    seed : int, default 0
+        Same seed and data give the same codes.
+    device : str or torch.device, default "cpu"
+        Where codebooks live and distances are computed ("cpu", "cuda", "cuda:1").
+    mode : {"default", "grid"}
+        ``"grid"`` reproduces GRID's training: input and residuals normalised, plain k-means++ on
+        the first ``init_size`` (3072) rows each level sees, Sculley updates with counts starting
+        after seeding, no reassignment and no polishing, ``max_steps`` split evenly over levels.
+        Use :meth:`grid` to build one with GRID's defaults.
+
+    Attributes (after fit)
+    ----------------------
+    codebooks_ : list of (K_l, D) float32 tensors
+    counts_ : list of (K_l,) float64 tensors, points assigned per centroid in the final pass
+    residual_scales_ : (L,) float64 tensor, mean norm of the residual entering each level (before
+        normalisation; only meaningful with ``normalize_residuals``)
+    n_features_in_ : int
+    history_ : list of :class:`FitLog`
+
+    Example
+    -------
+    >>> import torch
+    >>> from semid_index.quantize import ResidualKMeans
+    >>> x = torch.randn(2000, 32, generator=torch.Generator().manual_seed(0))
+    >>> rq = ResidualKMeans(n_levels=2, codebook_size=16, seed=0).fit(x)
+    >>> rq.encode(x).shape
+    torch.Size([2000, 2])
+    """
+
+    def __init__(self, n_levels: int = 3, codebook_size: int | Sequence[int] = 256, *,
+                 normalize_residuals: bool = False, train_layer_wise: bool = True,
+                 batch_size: int = 4096, max_epochs: float = 3.0, max_steps: int | None = 150,
+                 tol: float = 1e-4, max_no_improvement: int | None = 10,
+                 init_size: int | None = None, n_init_trials: int | None = None,
+                 reassign_empty: bool = True, n_polish: int = 1, seed: int = 0,
+                 device: str | torch.device = "cpu", mode: str = "default",
+                 verbose: bool = False):
+        self.n_levels = n_levels
+        self.codebook_size = codebook_size
+        self.normalize_residuals = normalize_residuals
+        self.train_layer_wise = train_layer_wise
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.max_steps = max_steps
+        self.tol = tol
+        self.max_no_improvement = max_no_improvement
+        self.init_size = init_size
+        self.n_init_trials = n_init_trials
+        self.reassign_empty = reassign_empty
+        self.n_polish = n_polish
+        self.seed = seed
+        self.device = device
+        self.mode = mode
+        self.verbose = verbose
+
+    @classmethod
+    def grid(cls, n_levels: int = 3, codebook_size: int | Sequence[int] = 256, *,
+             batch_size: int = 2048, total_steps: int = 30, init_buffer_size: int = GRID_INIT_BUFFER,
+             train_layer_wise: bool = True, seed: int = 0,
+             device: str | torch.device = "cpu") -> "ResidualKMeans":
+        """A model configured like GRID's residual k-means (its defaults: 3 x 256, batch 2048,
+        30 steps in total, 3072-row seeding buffer, normalised residuals, layer-wise)."""
+        return cls(n_levels, codebook_size, normalize_residuals=True,
+                   train_layer_wise=train_layer_wise, batch_size=batch_size, max_epochs=math.inf,
+                   max_steps=total_steps, tol=0.0, max_no_improvement=None,
+                   init_size=init_buffer_size, n_init_trials=1, reassign_empty=False,
+                   n_polish=0, seed=seed, device=device, mode="grid")
+
+    # ------------------------------------------------------------------ validation helpers
+    def _sizes(self) -> list[int]:
+        if isinstance(self.n_levels, bool) or not isinstance(self.n_levels, int) \
+                or self.n_levels < 1:
+            raise ConfigError(f"n_levels must be a positive int, got {self.n_levels!r}")
+        cs = self.codebook_size
+        sizes = [cs] * self.n_levels if isinstance(cs, (int, np.integer)) else list(cs)
+        if len(sizes) != self.n_levels:
+            raise ConfigError(
+                f"codebook_size has {len(sizes)} entries but n_levels={self.n_levels}")
+        for s in sizes:
+            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
+                raise ConfigError(f"codebook sizes must be positive ints, got {cs!r}")
+        return [int(s) for s in sizes]
+
+    def _check_params(self) -> list[int]:
+        sizes = self._sizes()
+        if self.mode not in ("default", "grid"):
+            raise ConfigError(f"mode must be 'default' or 'grid', got {self.mode!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if not self.max_epochs > 0:
+            raise ConfigError(f"max_epochs must be > 0, got {self.max_epochs!r}")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ConfigError(f"max_steps must be >= 0 or None, got {self.max_steps!r}")
+        if self.tol < 0:
+            raise ConfigError(f"tol must be >= 0, got {self.tol!r}")
+        if self.n_polish < 0:
+            raise ConfigError(f"n_polish must be >= 0, got {self.n_polish!r}")
+        if self.init_size is not None and self.init_size < max(sizes):
+            raise ConfigError(f"init_size={self.init_size} is smaller than the largest codebook "
+                              f"({max(sizes)})")
+        return sizes
+
+    @property
+    def _device(self) -> torch.device:
+        return torch.device(self.device)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "codebooks_"):
+            raise NotFittedError(
+                "this ResidualKMeans is not fitted yet: call fit() or partial_fit() first, "
+                "or build it with ResidualKMeans.from_codebooks()")
+
+    # ------------------------------------------------------------------ training
+    def fit(self, X, y=None) -> "ResidualKMeans":
+        """Train every level on X and return self.
+
+        X: (N, D) ``torch.Tensor`` / ``numpy.ndarray`` (any real dtype, converted to float32 per
+        chunk), a ``numpy.memmap`` or a path to a ``.npy`` file (streamed, never loaded whole), or a
+        re-iterable of (B, D) batches (a list, a DataLoader, or a callable returning an iterator).
+        Needs N >= max(codebook_size).
+        """
+        sizes = self._check_params()
+        src = make_source(X)
+        saved = dict(self.__dict__)
+        try:
+            return self._fit(src, sizes)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)  # a failed fit leaves the previous model as it was
+            raise
+
+    def _fit(self, src: Source, sizes: list[int]) -> "ResidualKMeans":
+        gen = torch.Generator().manual_seed(int(self.seed))
+        dev = self._device
+        if src.n_rows is None:  # iterable: one reading pass to learn N and D (and validate)
+            for _ in src.chunks(1 << 16):
+                pass
+            if not src.n_rows:
+                raise EmptyInputError("embeddings are empty: the batches yielded no rows")
+        if src.n_rows < max(sizes):
+            level = sizes.index(max(sizes)) + 1
+            raise TooFewItemsError(
+                f"need at least {max(sizes)} items for codebook size {max(sizes)} at level "
+                f"{level}, got {src.n_rows}")
+        self._reset(src.dim, sizes)
+        if self.mode == "grid":
+            return self._fit_grid(src, gen)
+        init_n = self.init_size or min(src.n_rows, 32 * max(sizes))
+        sample = src.sample(init_n, gen).to(dev)
+        self._variance = float(sample.var(0).mean()) if sample.shape[0] > 1 else 1.0
+        in_memory = src.random_access and \
+            src.n_rows * src.dim * 4 <= RESIDUAL_BUFFER_BYTES and not _is_memmap(src)
+        R = src.materialize().to(dev) if in_memory else None
+        if self.train_layer_wise:
+            for lv in range(len(sizes)):
+                self._fit_level(lv, src, R, sample, gen)
+                sample = self._advance(lv, sample)
+        else:
+            self._fit_joint(src, R, sample, gen)
+        self._finish()
+        return self
+
+    def _reset(self, dim: int, sizes: list[int]) -> None:
+        for attr in ("codebooks_", "counts_", "residual_scales_"):
+            self.__dict__.pop(attr, None)
+        self.n_features_in_ = dim
+        self.codebook_sizes_ = sizes
+        self._levels: list[KMeansLevel | None] = [None] * len(sizes)
+        self._scales = [0.0] * len(sizes)
+        self._buffers: list[list[torch.Tensor]] = [[] for _ in sizes]
+        self._n_steps = 0
+        self.history_: list[FitLog] = []
+
+    def _finish(self) -> None:
+        self.codebooks_ = [lv.centroids for lv in self._levels]
+        self.counts_ = [lv.counts for lv in self._levels]
+        self.residual_scales_ = torch.tensor(self._scales, dtype=torch.float64)
+        self._books = [Codebook(c) for c in self.codebooks_]
+
+    def _advance(self, lv: int, x: torch.Tensor) -> torch.Tensor:
+        """Residual of rows x (the input of level lv) after level lv (x is overwritten)."""
+        book = self._levels[lv].book
+        for a in range(0, x.shape[0], _BLOCK):
+            blk = x[a:a + _BLOCK]
+            if self.normalize_residuals:
+                normalize_rows_(blk)
+            blk.sub_(book.centroids.index_select(0, book.nearest(blk)))
+        return x
+
+    def _prefix(self, x: torch.Tensor, upto: int) -> torch.Tensor:
+        """Residual entering level ``upto`` for raw rows x (B, D); x is overwritten."""
+        for lv in range(upto):
+            if self.normalize_residuals:
+                normalize_rows_(x)
+            book = self._levels[lv].book
+            x.sub_(book.centroids.index_select(0, book.nearest(x)))
+        return x
+
+    def _level_blocks(self, lv: int, src: Source, R: torch.Tensor | None,
+                      gen: torch.Generator | None, rows: int) -> Iterator[torch.Tensor]:
+        """Blocks of level lv's input (residual; normalised if configured), shuffled if gen."""
+        dev = self._device
+        if R is not None:
+            if gen is None:
+                for a in range(0, R.shape[0], rows):
+                    yield R[a:a + rows]
+            else:
+                perm = torch.randperm(R.shape[0], generator=gen).to(dev)
+                for a in range(0, R.shape[0], rows):
+                    yield R.index_select(0, perm[a:a + rows])
+            return
+        chunk_rows = max(rows, (DEFAULT_CHUNK_BYTES // (4 * src.dim)) // rows * rows)
+        for chunk in src.chunks(chunk_rows, gen):
+            x = self._prefix(chunk.to(dev), lv)
+            if self.normalize_residuals:
+                normalize_rows_(x)
+            for a in range(0, x.shape[0], rows):
+                yield x[a:a + rows]
+
+    def _seed_level(self, lv: int, x: torch.Tensor, gen: torch.Generator) -> KMeansLevel:
+        k = self.codebook_sizes_[lv]
+        trials = self.n_init_trials
+        centers = kmeans_plusplus(x, k, gen, trials)
+        level = KMeansLevel(centers)
+        self._levels[lv] = level
+        return level
+
+    @staticmethod
+    def _reassign_window(src: Source, k: int, R) -> int:
+        # a source read in storage order may show a region only late in the epoch: wait a full one
+        if R is None and not src.shuffles:
+            return src.n_rows
+        return min(src.n_rows, REASSIGN_WINDOW * k)
+
+    def _step_budget(self, n_rows: int) -> int:
+        steps = math.ceil(self.max_epochs * n_rows / self.batch_size) \
+            if math.isfinite(self.max_epochs) else (self.max_steps or 0)
+        if self.max_steps is not None:
+            steps = min(steps, self.max_steps)
+        return steps
+
+    def _fit_level(self, lv: int, src: Source, R, sample: torch.Tensor, gen) -> None:
+        """Layer-wise: seed level lv on the sample's residuals, mini-batch, then polish."""
+        if R is not None and self.normalize_residuals:
+            self._scales[lv] = self._normalize_buffer(R)
+        x0 = sample.clone()
+        if self.normalize_residuals:
+            norms = normalize_rows_(x0)
+            if R is None:
+                self._scales[lv] = float(norms.mean())
+        level = self._seed_level(lv, x0, gen)
+        level.reassign_window = self._reassign_window(src, level.k, R)
+        del x0
+        budget = self._step_budget(src.n_rows)
+        stopper = _EarlyStop(self, src.n_rows)
+        steps = 0
+        while steps < budget and not stopper.stopped:
+            for x in self._level_blocks(lv, src, R, gen, self.batch_size):
+                lab, dist = level.book.nearest(x, with_dist=True)
+                shift = level.step(x, lab, dist, gen, self.reassign_empty)
+                steps += 1
+                if stopper.update(float(dist.mean()), shift, x.shape[0]) or steps >= budget:
+                    break
+        labels, inertia, counts = polish(
+            level, lambda: self._level_blocks(lv, src, R, None, block_rows(level.k)),
+            self.n_polish, keep_labels=R is not None)
+        if R is not None:  # the buffer becomes the next level's input
+            c = level.centroids
+            for a in range(0, R.shape[0], _BLOCK):
+                R[a:a + _BLOCK].sub_(c.index_select(0, labels[a:a + _BLOCK]))
+        self.history_.append(FitLog(lv, steps, stopper.stopped, level.n_reassigned, inertia,
+                                    int((counts == 0).sum())))
+        log.info("level %d: %d steps%s, inertia %.6g, %d reassigned, %d empty", lv + 1, steps,
+                 " (converged)" if stopper.stopped else "", inertia, level.n_reassigned,
+                 int((counts == 0).sum()))
+
+    def _normalize_buffer(self, R: torch.Tensor) -> float:
+        total = 0.0
+        for a in range(0, R.shape[0], _BLOCK):
+            total += float(normalize_rows_(R[a:a + _BLOCK]).double().sum())
+        return total / R.shape[0]
+
+    def _fit_joint(self, src: Source, R, sample: torch.Tensor, gen) -> None:
+        """Joint training: seed all levels on the sample, then update every level per batch."""
+        x = sample.clone()
+        for lv in range(len(self.codebook_sizes_)):
+            if self.normalize_residuals:
+                self._scales[lv] = float(normalize_rows_(x).mean())
+            level = self._seed_level(lv, x.clone(), gen)
+            level.reassign_window = self._reassign_window(src, level.k, R)
+            x = self._advance(lv, x)  # normalising again is a no-op on unit rows
+        del x
+        budget = self._step_budget(src.n_rows)
+        stopper = _EarlyStop(self, src.n_rows)
+        steps = 0
+        while steps < budget and not stopper.stopped:
+            for x in self._level_blocks(0, src, R, gen, self.batch_size):
+                x = x.clone() if R is not None else x
+                shift = 0.0
+                for level in self._levels:
+                    if self.normalize_residuals:
+                        normalize_rows_(x)
+                    lab, dist = level.book.nearest(x, with_dist=True)
+                    resid = x - level.centroids.index_select(0, lab)
+                    shift += level.step(x, lab, dist, gen, self.reassign_empty)
+                    x = resid
+                steps += 1
+                if stopper.update(float((x * x).sum(1).mean()), shift, x.shape[0]) \
+                        or steps >= budget:
+                    break
+        # polish level by level: each level's final pass fixes the next level's input
+        for lv, level in enumerate(self._levels):
+            if R is not None and self.normalize_residuals:
+                self._scales[lv] = self._normalize_buffer(R)
+            labels, inertia, counts = polish(
+                level, lambda: self._level_blocks(lv, src, R, None, block_rows(level.k)),
+                self.n_polish, keep_labels=R is not None)
+            if R is not None:
+                c = level.centroids
+                for a in range(0, R.shape[0], _BLOCK):
+                    R[a:a + _BLOCK].sub_(c.index_select(0, labels[a:a + _BLOCK]))
+            self.history_.append(FitLog(lv, steps, stopper.stopped, level.n_reassigned, inertia,
+                                        int((counts == 0).sum())))
+
+    def _fit_grid(self, src: Source, gen) -> "ResidualKMeans":
+        """GRID's schedule: shuffled batches, ``max_steps`` split evenly over levels (layer-wise)
+        or all levels per step (joint), seeding buffers filled from the stream."""
+        total = self.max_steps if self.max_steps is not None else 30
+        n_levels = len(self.codebook_sizes_)
+        per_level = max(1, total // n_levels)
+        step = 0
+        while step < total:
+            for x in src.chunks(self.batch_size, gen):
+                level = min(step // per_level, n_levels - 1) if self.train_layer_wise else None
+                self._partial_step(x.to(self._device), level, gen)
+                step += 1
+                if step >= total:
+                    break
+        missing = [i + 1 for i, lv in enumerate(self._levels) if lv is None]
+        if missing:
+            raise TooFewItemsError(
+                f"GRID schedule ended before levels {missing} were seeded: {total} steps of "
+                f"{self.batch_size} rows cannot fill their {self.init_size}-row buffers")
+        self._finish()
+        return self
+
+    def partial_fit(self, X, y=None, *, level: int | None = None) -> "ResidualKMeans":
+        """Update the model with one batch X (B, D) (streaming training).
+
+        Each level buffers the first ``init_size`` rows it sees (default ``32 * K``) and seeds
+        itself with k-means++ on them; later batches update it with the running-mean rule.
+        ``level=None`` updates every level (joint); ``level=l`` (0-based) updates only level l,
+        levels before it frozen (use it to train layer-wise from a stream).
+        """
+        sizes = self._check_params()
+        x = as_float_tensor(X)
+        if not hasattr(self, "_levels") or getattr(self, "codebook_sizes_", None) != sizes:
+            if x.shape[0] == 0:
+                raise EmptyInputError("embeddings are empty: got 0 rows")
+            check_batch(x, None)
+            self._reset(x.shape[1], sizes)
+            self._gen = torch.Generator().manual_seed(int(self.seed))
+        if x.shape[0] == 0:
+            raise EmptyInputError("embeddings are empty: got 0 rows")
+        check_batch(x, self.n_features_in_, expected_from="the model was trained with")
+        if level is not None and not 0 <= level < len(sizes):
+            raise ConfigError(f"level must be in 0..{len(sizes) - 1}, got {level}")
+        self._partial_step(x.to(self._device), level, self._gen)
+        if all(lv is not None for lv in self._levels):
+            self._finish()
+        return self
+
+    def _partial_step(self, x: torch.Tensor, level: int | None, gen) -> None:
+        x = x.clone()
+        last = len(self._levels) - 1 if level is None else level
+        for lv in range(last + 1):
+            state = self._levels[lv]
+            if self.normalize_residuals:
+                norms = normalize_rows_(x)
+            if state is None:
+                if level is not None and lv < level:
+                    raise NotFittedError(
+                        f"level {lv} is not seeded yet; train level {lv} before level {level}")
+                self._buffer_rows(lv, x, gen, norms if self.normalize_residuals else None)
+                return
+            lab, dist = state.book.nearest(x, with_dist=True)
+            resid = x - state.centroids.index_select(0, lab)
+            if level is None or lv == level:
+                state.step(x, lab, dist, gen, self.reassign_empty)
+            x = resid
+        self._n_steps += 1
+
+    def _buffer_rows(self, lv: int, x: torch.Tensor, gen, norms) -> None:
+        k = self.codebook_sizes_[lv]
+        need = self.init_size or 32 * k
+        buf = self._buffers[lv]
+        have = sum(b.shape[0] for b in buf)
+        buf.append(x[:need - have])
+        if norms is not None:
+            self._scales[lv] = float(norms.mean())
+        if have + x.shape[0] >= need:
+            rows = torch.cat(buf)
+            self._buffers[lv] = []
+            self._seed_level(lv, rows, gen)
+
+    # ------------------------------------------------------------------ inference
+    def encode(self, X, *, batch_rows: int | None = None) -> torch.Tensor:
+        """Codes of every row: (N, L) int64 tensor on the CPU.
+
+        X: anything ``fit`` accepts. Rows are processed in blocks, all levels fused per block.
+        """
+        self._check_fitted()
+        src = make_source(X)
+        out = []
+        for chunk in self._encode_chunks(src, batch_rows):
+            out.append(chunk[0])
+        if not out:
+            raise EmptyInputError("embeddings are empty: the batches yielded no rows")
+        return torch.cat(out)
+
+    def _encode_chunks(self, src: Source, batch_rows: int | None = None, with_residual=False):
+        """Yield (codes (b, L) int64 CPU, residual norms list or None, input block) per block."""
+        dev = self._device
+        rows = batch_rows or min(block_rows(max(self.codebook_sizes_)), 4096)
+        L = len(self._books)
+        chunk_rows = max(rows, (DEFAULT_CHUNK_BYTES // (4 * self.n_features_in_)) // rows * rows)
+        if src.dim is not None:  # an iterable's width is known only once read
+            check_batch(torch.empty(0, src.dim), self.n_features_in_)
+        for chunk in src.chunks(chunk_rows):
+            check_batch(chunk, self.n_features_in_)
+            chunk = chunk.to(dev)
+            for a in range(0, chunk.shape[0], rows):
+                blk = chunk[a:a + rows]
+                codes = torch.empty(blk.shape[0], L, dtype=torch.int64, device=dev)
+                norms: list[torch.Tensor] | None = [] if with_residual else None
+                orig = blk.clone() if with_residual else None
+                encode_block(blk, self._books, self.normalize_residuals, codes, norms)
+                yield codes.cpu(), norms, orig
+
+    def predict(self, X) -> torch.Tensor:
+        """Alias of :meth:`encode` (scikit-learn naming)."""
+        return self.encode(X)
+
+    def decode(self, codes) -> torch.Tensor:
+        """Reconstruction from codes (N, L) -> (N, D) float32.
+
+        Plain residuals: the sum of the selected centroids. With ``normalize_residuals`` the
+        residual norms are not stored, so the reconstruction of the *unit-normalised* input uses the
+        mean residual norm of each level seen in training: ``c_1 + s_2 (c_2 + s_3 (c_3 ...))``.
+        """
+        self._check_fitted()
+        c = torch.as_tensor(codes)
+        if c.ndim != 2 or c.shape[1] != len(self.codebooks_):
+            raise InvalidCodesError(
+                f"codes must have shape (N, {len(self.codebooks_)}), got {tuple(c.shape)}")
+        if c.dtype.is_floating_point:
+            raise InvalidCodesError(f"codes must be integers, got dtype {c.dtype}")
+        c = c.to(torch.int64)
+        for lv, k in enumerate(self.codebook_sizes_):
+            col = c[:, lv]
+            if col.numel() and (int(col.min()) < 0 or int(col.max()) >= k):
+                raise InvalidCodesError(
+                    f"codes at level {lv + 1} must lie in 0..{k - 1}, got values in "
+                    f"{int(col.min())}..{int(col.max())}")
+        c = c.to(self._device)
+        out = torch.zeros(c.shape[0], self.n_features_in_, device=self._device)
+        for lv in reversed(range(len(self.codebooks_))):
+            if self.normalize_residuals and lv + 1 < len(self.codebooks_):
+                out.mul_(float(self.residual_scales_[lv + 1]))
+            out.add_(self.codebooks_[lv].index_select(0, c[:, lv]))
+        return out.cpu()
+
+    def quality(self, X) -> QualityReport:
+        """Quality report over a whole data set (streamed): see :class:`QualityReport`."""
+        self._check_fitted()
+        src = make_source(X)
+        L = len(self._books)
+        level_sq = torch.zeros(L + 1, dtype=torch.float64)
+        total_sq = 0.0
+        n = 0
+        codes_all = []
+        for codes, norms, orig in self._encode_chunks(src, with_residual=True):
+            for lv in range(L + 1):
+                level_sq[lv] += float(norms[lv].double().sum())
+            if self.normalize_residuals:
+                total_sq += float(orig.shape[0])  # the target is the unit-normalised input
+            else:
+                total_sq += float((orig.double() ** 2).sum())
+            n += codes.shape[0]
+            codes_all.append(codes.numpy())
+        if n == 0:
+            raise EmptyInputError("embeddings are empty: the batches yielded no rows")
+        codes_np = np.concatenate(codes_all)
+        rel = self._relative_error(src) if self.normalize_residuals else \
+            float(level_sq[L]) / max(total_sq, 1e-30)
+        stats = code_statistics(codes_np, self.codebook_sizes_)
+        inertia = [float(level_sq[lv + 1]) for lv in range(L)]
+        return QualityReport(n_items=n, inertia=inertia, relative_error=rel, **stats)
+
+    def _relative_error(self, src: Source) -> float:
+        """||x' - decode(encode(x))||^2 / ||x'||^2 with x' the unit-normalised input."""
+        err = 0.0
+        n = 0
+        for chunk in src.chunks(8192):
+            x = chunk.to(self._device)
+            normalize_rows_(x)
+            codes = self.encode(x)
+            err += float(((x.cpu() - self.decode(codes)) ** 2).double().sum())
+            n += x.shape[0]
+        return err / max(n, 1)
+
+    # ------------------------------------------------------------------ state
+    def get_codebooks(self) -> list[np.ndarray]:
+        """Codebooks as float32 numpy arrays, one (K_l, D) array per level."""
+        self._check_fitted()
+        return [c.detach().cpu().numpy().astype(np.float32, copy=True) for c in self.codebooks_]
+
+    @classmethod
+    def from_codebooks(cls, codebooks: Sequence, *, normalize_residuals: bool = False,
+                       residual_scales: Sequence[float] | None = None,
+                       device: str | torch.device = "cpu") -> "ResidualKMeans":
+        """A fitted (frozen) model from stored codebooks: list of (K_l, D) arrays/tensors."""
+        books = [as_float_tensor(c, name=f"codebook {i + 1}") for i, c in enumerate(codebooks)]
+        if not books:
+            raise ConfigError("from_codebooks needs at least one codebook")
+        dims = {b.shape[1] for b in books}
+        if len(dims) != 1:
+            raise DimensionMismatchError(f"codebooks have different dims {sorted(dims)}")
+        for i, b in enumerate(books):
+            check_batch(b, None, name=f"codebook {i + 1}")
+        model = cls(len(books), [b.shape[0] for b in books],
+                    normalize_residuals=normalize_residuals, device=device)
+        model._reset(books[0].shape[1], [b.shape[0] for b in books])
+        model._levels = [KMeansLevel(b.to(model._device)) for b in books]
+        if residual_scales is not None:
+            model._scales = [float(s) for s in residual_scales]
+        model._finish()
+        return model
+
+    def __repr__(self) -> str:
+        return (f"ResidualKMeans(n_levels={self.n_levels}, codebook_size={self.codebook_size}, "
+                f"normalize_residuals={self.normalize_residuals}, mode={self.mode!r})")
+
+
+def _is_memmap(src: Source) -> bool:
+    return isinstance(getattr(src, "data", None), np.memmap)
+
+
+class _EarlyStop:
+    """Stops mini-batch training on a flat smoothed inertia or a tiny centre shift."""
+
+    def __init__(self, model: ResidualKMeans, n_rows: int):
+        self.patience = model.max_no_improvement
+        self.tol = model.tol * getattr(model, "_variance", 1.0)
+        self.alpha = min(1.0, 2.0 * model.batch_size / (n_rows + 1))
+        self.ewa = None
+        self.best = math.inf
+        self.no_improvement = 0
+        self.stopped = False
+
+    def update(self, batch_inertia: float, shift: float, batch_rows: int) -> bool:
+        self.ewa = batch_inertia if self.ewa is None else \
+            self.ewa * (1 - self.alpha) + batch_inertia * self.alpha
+        if self.tol > 0 and shift <= self.tol:
+            self.stopped = True
+        if self.patience is not None:
+            if self.ewa < self.best:
+                self.best = self.ewa
+                self.no_improvement = 0
+            else:
+                self.no_improvement += 1
+                if self.no_improvement >= self.patience:
+                    self.stopped = True
+        return self.stopped

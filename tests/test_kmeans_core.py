@@ -1,0 +1,125 @@
+"""The single-level k-means pieces: distances, seeding, the running-mean update, reassignment."""
+
+import numpy as np
+import pytest
+import torch
+
+from semid_index.quantize import kmeans_plusplus, mkldnn_available, set_gemm_backend
+from semid_index.quantize._kernels import Codebook, sq_dists
+from semid_index.quantize._kmeans import KMeansLevel, polish
+
+from conftest import gaussian_mixture
+
+
+def test_sq_dists_matches_broadcast_form():
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(300, 17, generator=g), torch.randn(23, 17, generator=g)
+    ref = ((x[:, None, :].double() - c[None].double()) ** 2).sum(-1)
+    assert torch.allclose(sq_dists(x, c).double(), ref, rtol=1e-4, atol=1e-3)
+
+
+def test_nearest_matches_brute_force_in_blocks(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    x, c = torch.randn(5000, 8, generator=g), torch.randn(64, 8, generator=g)
+    monkeypatch.setattr("semid_index.quantize._kernels.SCORE_BLOCK", 64 * 100)  # force 50 blocks
+    lab, dist = Codebook(c).nearest(x, with_dist=True)
+    ref = ((x[:, None, :] - c[None]) ** 2).sum(-1)
+    assert torch.equal(lab, ref.argmin(1))
+    assert torch.allclose(dist, ref.min(1).values, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not mkldnn_available(), reason="this torch build has no oneDNN inner product")
+def test_gemm_backends_give_the_same_codes():
+    x, _ = gaussian_mixture(4000, 48, 30, seed=3)
+    x = torch.from_numpy(x)
+    c = x[torch.randperm(4000, generator=torch.Generator().manual_seed(0))[:256]]
+    try:
+        set_gemm_backend("mkldnn")
+        a = Codebook(c).nearest(x)
+    finally:
+        set_gemm_backend("linear")
+    b = Codebook(c).nearest(x)
+    assert (a == b).float().mean() > 0.999  # only exact ties may differ by rounding
+
+
+def test_kmeans_plusplus_picks_one_point_per_separated_cluster():
+    # 8 far-apart tight blobs: greedy k-means++ must seed exactly one centre in each
+    rng = np.random.default_rng(0)
+    centers = np.array([[100.0 * i, 100.0 * (i % 3)] for i in range(8)])
+    x = np.concatenate([c + 0.1 * rng.standard_normal((50, 2)) for c in centers]).astype(np.float32)
+    seeds = kmeans_plusplus(torch.from_numpy(x), 8, torch.Generator().manual_seed(0))
+    nearest_blob = ((seeds[:, None, :].numpy() - centers[None]) ** 2).sum(-1).argmin(1)
+    assert sorted(nearest_blob.tolist()) == list(range(8))
+
+
+def test_seeds_are_rows_of_the_sample():
+    x = torch.randn(500, 5, generator=torch.Generator().manual_seed(2))
+    seeds = kmeans_plusplus(x, 20, torch.Generator().manual_seed(0), n_trials=1)
+    is_row = (seeds[:, None, :] == x[None]).all(-1).any(1)
+    assert bool(is_row.all()) and len({tuple(r) for r in seeds.tolist()}) == 20
+
+
+def test_running_mean_update_equals_mean_of_all_points_assigned_since_init():
+    x, _ = gaussian_mixture(3000, 6, 10, seed=4)
+    x = torch.from_numpy(x)
+    g = torch.Generator().manual_seed(0)
+    level = KMeansLevel(kmeans_plusplus(x[:500], 10, g))
+    assigned = {k: [] for k in range(10)}
+    for a in range(500, 3000, 250):
+        batch = x[a:a + 250]
+        lab, dist = level.book.nearest(batch, with_dist=True)
+        for row, k in zip(batch, lab.tolist()):
+            assigned[k].append(row)
+        level.step(batch, lab, dist, g, reassign=False)
+    for k, rows in assigned.items():
+        assert level.counts[k] == len(rows)
+        if rows:
+            expected = torch.stack(rows).double().mean(0)
+            assert torch.allclose(level.centroids[k].double(), expected, atol=1e-4), k
+
+
+def test_first_update_moves_centroid_to_batch_mean():
+    # counts start at zero after seeding (GRID / Sculley): the first batch sets the mean outright
+    c = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    level = KMeansLevel(c.clone())
+    batch = torch.tensor([[1.0, 1.0], [1.0, 3.0], [9.0, 0.0], [13.0, 0.0]])
+    lab, dist = level.book.nearest(batch, with_dist=True)
+    assert lab.tolist() == [0, 0, 1, 1]
+    level.step(batch, lab, dist, torch.Generator(), False)
+    assert torch.allclose(level.centroids, torch.tensor([[1.0, 2.0], [11.0, 0.0]]))
+    # second batch: running mean over all four points of centroid 0
+    b2 = torch.tensor([[3.0, 2.0], [3.0, 2.0]])
+    lab, dist = level.book.nearest(b2, with_dist=True)
+    level.step(b2, lab, dist, torch.Generator(), False)
+    assert torch.allclose(level.centroids[0], torch.tensor([2.0, 2.0]))
+    assert level.counts.tolist() == [4.0, 2.0]
+
+
+def test_reassignment_revives_a_dead_centroid():
+    x = torch.randn(2000, 4, generator=torch.Generator().manual_seed(0))
+    centers = torch.cat([x[:15], torch.full((1, 4), 1e3)])  # centroid 15 is far from every point
+    level = KMeansLevel(centers.clone())
+    level.reassign_window = 600  # dead after 600 rows without a point
+    g = torch.Generator().manual_seed(0)
+    for a in range(0, 2000, 200):
+        if a == 400:
+            assert level.n_reassigned == 0  # not yet: only 400 rows went by
+        batch = x[a:a + 200]
+        lab, dist = level.book.nearest(batch, with_dist=True)
+        level.step(batch, lab, dist, g, reassign=True)
+    assert level.n_reassigned >= 1
+    assert level.centroids[15].abs().max() < 100  # moved onto the data
+    assert level.counts[15] > 0
+
+
+def test_polish_is_an_exact_lloyd_step_and_fills_empty_codes():
+    x = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0]])
+    level = KMeansLevel(torch.tensor([[0.5], [11.0], [500.0]]))  # code 2 starts empty
+    labels, inertia, counts = polish(level, lambda: [x], n_lloyd=1, keep_labels=True)
+    assert counts.tolist().count(0) == 0
+    # pass 1: labels 0,0,0,1,1,1 -> means 1 and 11; code 2 re-seeded on the worst-served point, 2
+    # (its distance 2.25 to 0.5 beats 1.0 for 10 and 12); pass 2 confirms no code is empty
+    assert level.centroids[:, 0].tolist() == [1.0, 11.0, 2.0]
+    assert labels.tolist() == [0, 0, 2, 1, 1, 1]
+    assert counts.tolist() == [2.0, 3.0, 1.0]
+    assert inertia == pytest.approx(3.0)  # exact SSE of the final centroids: 1 + 1 + 1
