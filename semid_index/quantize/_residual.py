@@ -69,8 +69,9 @@ class ResidualKMeans:
     max_no_improvement : int or None, default 10
         Early stop after this many steps without improvement of the smoothed batch inertia.
     init_size : int or None
-        Rows sampled (uniformly, from the whole input) for k-means++ seeding; default
-        ``min(N, 32 * K)``.
+        Rows sampled (uniformly, from the whole input) for k-means++ seeding; default between
+        ``16 K`` and ``128 K`` rows, as many as fit in about 12 MiB (4096 rows at D=768 and
+        K=256, 32768 at D=50).
     n_init_trials : int or None
         Candidates per k-means++ step; default ``2 + int(ln K)``.
     reassign_empty : bool, default True
@@ -233,7 +234,7 @@ class ResidualKMeans:
         self._reset(src.dim, sizes)
         if self.mode == "grid":
             return self._fit_grid(src, gen)
-        init_n = self.init_size or min(src.n_rows, 32 * max(sizes))
+        init_n = self.init_size or min(src.n_rows, _default_init_size(max(sizes), src.dim))
         polish_n = self.polish_size or min(src.n_rows, 2048 * max(sizes))
         self._lloyd_on_all = polish_n >= src.n_rows
         # one uniform sample (random order: any prefix is uniform) seeds every level with its
@@ -497,7 +498,7 @@ class ResidualKMeans:
 
     def _buffer_rows(self, lv: int, x: torch.Tensor, gen, norms) -> None:
         k = self.codebook_sizes_[lv]
-        need = self.init_size or 32 * k
+        need = self.init_size or _default_init_size(k, self.n_features_in_)
         buf = self._buffers[lv]
         have = sum(b.shape[0] for b in buf)
         buf.append(x[:need - have])
@@ -645,6 +646,15 @@ class ResidualKMeans:
     def __repr__(self) -> str:
         return (f"ResidualKMeans(n_levels={self.n_levels}, codebook_size={self.codebook_size}, "
                 f"normalize_residuals={self.normalize_residuals}, mode={self.mode!r})")
+
+
+def _default_init_size(k: int, dim: int) -> int:
+    """Rows for k-means++: 16 to 128 per centroid, as many as keep the sample near 12 MiB.
+
+    Each k-means++ step streams the whole sample, so a sample that stays in cache seeds several
+    times faster; low-dimensional data gets a larger sample for the same cost.
+    """
+    return int(min(128 * k, max(16 * k, (3 << 20) // max(dim, 1))))
 
 
 class _Sample:
