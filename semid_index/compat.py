@@ -223,6 +223,30 @@ class ResidualQuantization(nn.Module):
     def is_initialized(self) -> bool:
         return hasattr(self.model, "codebooks_")
 
+    @classmethod
+    def from_model(cls, model: ResidualKMeans) -> "ResidualQuantization":
+        """A trained module (in eval mode) around a fitted :class:`ResidualKMeans`, e.g. one read
+        with ``ResidualKMeans.load(path)``."""
+        sizes = set(model.codebook_sizes_)
+        rq = cls(n_layers=len(model.codebook_sizes_),
+                 quantization_layer=MiniBatchKMeans(n_clusters=max(sizes),
+                                                    n_features=model.n_features_in_),
+                 normalize_residuals=model.normalize_residuals)
+        rq.model = model
+        for i, mbk in enumerate(rq.quantization_layers):
+            mbk._bound = (model, i)
+        rq.codebook_width = max(sizes)
+        return rq.eval()
+
+    def save(self, path) -> None:
+        """Write the codebooks to ``path`` (.npz, no pickle); see ``ResidualKMeans.save``."""
+        self.model.save(path)
+
+    @classmethod
+    def load(cls, path) -> "ResidualQuantization":
+        """Read a module written by :meth:`save`, ready for ``predict_step``."""
+        return cls.from_model(ResidualKMeans.load(path))
+
     def training_step(self, batch, batch_idx: int | None = None) -> torch.Tensor:
         """Update the codebooks with batch (B, D) (or an (ids, embeddings) pair); returns the
         mean squared residual after the last seeded level (NaN until level 1 is seeded)."""

@@ -7,9 +7,9 @@ import math
 from typing import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 
-from ._kernels import Codebook, sq_dists
+from ._kernels import Codebook, row_sq_norms, skinny_scores, sq_dists
+from ._lloyd import lloyd
 
 #: A centroid with no point while this many rows per centroid went by is dead.
 REASSIGN_WINDOW = 50
@@ -31,7 +31,7 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
     first = int(torch.randint(n, (1,), generator=generator))
     centers[0] = x[first]
     closest = sq_dists(x, x[first:first + 1])[:, 0]
-    xnorm = (x * x).sum(1)
+    xnorm = row_sq_norms(x)
     for i in range(1, k):
         total = float(closest.sum())
         if total <= 0.0:  # every point coincides with a centre: fall back to uniform picks
@@ -41,8 +41,8 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
         cand = torch.multinomial(probs.cpu(), trials, replacement=True, generator=generator).to(dev)
         cx = x.index_select(0, cand)
         # (n, trials): the skinny GEMM streams x once; this layout runs ~2x faster than (trials, n)
-        d = F.linear(x, -2.0 * cx, (cx * cx).sum(1)).add_(xnorm.unsqueeze(1)).clamp_(min=0.0)
-        torch.minimum(d, closest.unsqueeze(1), out=d)
+        d = skinny_scores(x, -2.0 * cx, (cx * cx).sum(1)).add_(xnorm.unsqueeze(1))
+        torch.minimum(d, closest.unsqueeze(1), out=d).clamp_(min=0.0)
         best = int(d.sum(0).argmin())
         closest = d[:, best].contiguous()
         centers[i] = cx[best]
@@ -177,28 +177,32 @@ class KMeansLevel:
         self._changed()
 
 
-def polish(level: KMeansLevel, lloyd_blocks: Callable[[], Iterable[torch.Tensor]],
-           final_blocks: Callable[[], Iterable[torch.Tensor]], n_lloyd: int, keep_labels: bool,
-           max_rounds: int = 5):
-    """``n_lloyd`` exact Lloyd iterations over ``lloyd_blocks()`` (a sample, or all rows), then one
-    pass over ``final_blocks()`` (all rows) with the final centroids.
+def polish(level: KMeansLevel, lloyd_rows: torch.Tensor,
+           final_blocks: Callable[[], Iterable[torch.Tensor]] | None, n_lloyd: int,
+           keep_labels: bool, tol: float = 0.0, max_rounds: int = 5):
+    """Up to ``n_lloyd`` exact Lloyd iterations on the in-memory rows ``lloyd_rows`` (a sample, or
+    all rows), stopping once one lowers the inertia by less than ``tol`` (relative); then, unless
+    ``final_blocks`` is None (the Lloyd rows were all rows), one pass over ``final_blocks()`` with
+    the final centroids.
 
     A code found empty in the final pass is re-seeded on the rows farthest from their centroid (one
     extra pass to find them, then the final pass again; at most ``max_rounds`` times), so training
-    leaves no empty code when there are at least K distinct rows. The final pass gives the exact
-    labels, counts and inertia of the final centroids. Returns (labels or None, inertia, counts).
+    leaves no empty code when there are at least K distinct rows. Returns (labels of the final
+    pass or None, inertia, counts, labels of ``lloyd_rows``).
     """
-    for _ in range(n_lloyd):
-        sums, counts, _, _ = level.full_pass(lloyd_blocks(), with_sums=True, keep_labels=False)
-        level.move_to_means(sums, counts)
-        _reseed_empty(level, counts, lloyd_blocks)
+    sample_labels, counts, inertia = lloyd(level, lloyd_rows, n_lloyd, tol)
+    if final_blocks is None:
+        level.counts = counts.clone()
+        return sample_labels if keep_labels else None, inertia, counts, sample_labels
     rounds = 0
     while True:
         _, counts, inertia, labels = level.full_pass(final_blocks(), with_sums=False,
                                                      keep_labels=keep_labels)
         if rounds >= max_rounds or not _reseed_empty(level, counts, final_blocks):
             level.counts = counts.clone()
-            return labels, inertia, counts
+            if rounds:  # centroids moved: the sample's labels must follow
+                sample_labels = level.book.nearest(lloyd_rows)
+            return labels, inertia, counts, sample_labels
         rounds += 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ log = logging.getLogger("semid_index.quantize")
 #: Bytes of residual buffer ``fit`` may allocate for in-memory input before it streams instead.
 RESIDUAL_BUFFER_BYTES = 2 << 30
 GRID_INIT_BUFFER = 3072
+SAVE_FORMAT = "semid_index.residual_kmeans/1"
 _BLOCK = 1 << 14  # rows per block for memory-bound passes over buffers
 ENCODE_ROWS = 2048  # rows per encode block: the block and its scores stay in cache
 PASS_ROWS = 4096  # rows per block in full passes over the data
@@ -61,7 +63,7 @@ class ResidualKMeans:
         Rows per mini-batch step.
     max_epochs : float, default 3.0
         Upper bound on mini-batch passes over the data per level (before polishing).
-    max_steps : int or None, default 150
+    max_steps : int or None, default 100
         Upper bound on mini-batch steps per level; ``None`` for no bound besides ``max_epochs``.
     tol : float, default 1e-4
         Early stop when the squared centre shift of a step falls below ``tol`` times the data
@@ -70,21 +72,23 @@ class ResidualKMeans:
         Early stop after this many steps without improvement of the smoothed batch inertia.
     init_size : int or None
         Rows sampled (uniformly, from the whole input) for k-means++ seeding; default between
-        ``16 K`` and ``128 K`` rows, as many as fit in about 12 MiB (4096 rows at D=768 and
-        K=256, 32768 at D=50).
+        ``16 K`` and ``64 K`` rows, as many as fit in about 12 MiB (4096 rows at D=768 and
+        K=256, 16384 at D=50).
     n_init_trials : int or None
         Candidates per k-means++ step; default ``2 + int(ln K)``.
     reassign_empty : bool, default True
         Re-seed a centroid that gets no point at all while ``min(N, 50 K)`` rows go by (a dead
         code) onto a poorly served point. Codes still empty at the end are re-seeded by polishing.
-    n_polish : int, default 2
-        Exact Lloyd iterations at the end of each level (over all rows, or a uniform sample of
-        ``polish_size`` rows when N is larger); then one pass over all rows assigns them with the
-        final centroids and re-seeds any code that is still empty, so training leaves no unused
-        code when N >= K distinct points.
+    n_polish : int, default 10
+        At most this many exact Lloyd iterations at the end of each level (over all rows, or a
+        uniform sample of ``polish_size`` rows when N is larger); then one pass over all rows
+        assigns them with the final centroids and re-seeds any code that is still empty, so
+        training leaves no unused code when N >= K distinct points.
+    polish_tol : float, default 1e-3
+        Lloyd iterations stop once one lowers the inertia by less than this fraction.
     polish_size : int or None
         Rows the Lloyd iterations use: all of them when N is at most this, else a uniform sample of
-        this size; default ``2048 * K``.
+        this size; default ``512 K`` rows or 256 MiB of them, whichever is smaller.
     seed : int, default 0
         Same seed and data give the same codes.
     device : str or torch.device, default "cpu"
@@ -116,10 +120,10 @@ class ResidualKMeans:
 
     def __init__(self, n_levels: int = 3, codebook_size: int | Sequence[int] = 256, *,
                  normalize_residuals: bool = False, train_layer_wise: bool = True,
-                 batch_size: int = 4096, max_epochs: float = 3.0, max_steps: int | None = 150,
+                 batch_size: int = 4096, max_epochs: float = 3.0, max_steps: int | None = 100,
                  tol: float = 1e-4, max_no_improvement: int | None = 10,
                  init_size: int | None = None, n_init_trials: int | None = None,
-                 reassign_empty: bool = True, n_polish: int = 2,
+                 reassign_empty: bool = True, n_polish: int = 10, polish_tol: float = 1e-3,
                  polish_size: int | None = None, seed: int = 0,
                  device: str | torch.device = "cpu", mode: str = "default",
                  verbose: bool = False):
@@ -137,6 +141,7 @@ class ResidualKMeans:
         self.reassign_empty = reassign_empty
         self.n_polish = n_polish
         self.polish_size = polish_size
+        self.polish_tol = polish_tol
         self.seed = seed
         self.device = device
         self.mode = mode
@@ -235,11 +240,11 @@ class ResidualKMeans:
         if self.mode == "grid":
             return self._fit_grid(src, gen)
         init_n = self.init_size or min(src.n_rows, _default_init_size(max(sizes), src.dim))
-        polish_n = self.polish_size or min(src.n_rows, 2048 * max(sizes))
+        polish_n = self.polish_size or min(src.n_rows, _default_polish_size(max(sizes), src.dim))
         self._lloyd_on_all = polish_n >= src.n_rows
         # one uniform sample (random order: any prefix is uniform) seeds every level with its
         # first init_n rows and, when N is large, carries the Lloyd iterations
-        rows, idx = src.sample(init_n if self._lloyd_on_all else max(init_n, polish_n), gen)
+        rows, idx = src.sample(max(init_n, min(src.n_rows, polish_n)), gen)
         self._variance = float(rows.var(0).mean()) if rows.shape[0] > 1 else 1.0
         in_memory = src.random_access and \
             src.n_rows * src.dim * 4 <= RESIDUAL_BUFFER_BYTES and not _is_memmap(src)
@@ -366,25 +371,24 @@ class ResidualKMeans:
 
     def _polish_level(self, lv: int, src: Source, R, sample: "_Sample", steps: int,
                       converged: bool) -> None:
-        """Lloyd iterations (on all rows, or on the sample when N is large), then the final pass
-        over all rows (which re-seeds empty codes); the buffer or the carried sample becomes the
-        next level's input."""
+        """Lloyd iterations (on all rows when they fit, else on the sample), then the final pass
+        over all rows (which re-seeds empty codes) unless Lloyd already saw them all; the buffer or
+        the carried sample becomes the next level's input."""
         level = self._levels[lv]
         rows = min(block_rows(level.k), PASS_ROWS)
-
-        def all_rows():
-            return self._level_blocks(lv, src, R, None, rows)
-
-        labels, inertia, counts = polish(
-            level, all_rows if self._lloyd_on_all else lambda: _blocks(sample.current(R), rows),
-            all_rows, self.n_polish, keep_labels=R is not None)
+        on_buffer = self._lloyd_on_all and R is not None
+        lloyd_rows = R if on_buffer else sample.current(R)
+        final = None if self._lloyd_on_all else \
+            (lambda: self._level_blocks(lv, src, R, None, rows))
+        labels, inertia, counts, sample_labels = polish(
+            level, lloyd_rows, final, self.n_polish, keep_labels=R is not None,
+            tol=self.polish_tol)
         c = level.centroids
         if R is not None:
             for a in range(0, R.shape[0], _BLOCK):
                 R[a:a + _BLOCK].sub_(c.index_select(0, labels[a:a + _BLOCK]))
         else:
-            for blk in _blocks(sample.rows, _BLOCK):
-                blk.sub_(c.index_select(0, level.book.nearest(blk)))
+            sample.rows.sub_(c.index_select(0, sample_labels))
         n_empty = int((counts == 0).sum())
         self.history_.append(FitLog(lv, steps, converged, level.n_reassigned, inertia, n_empty))
         log.info("level %d: %d steps%s, inertia %.6g, %d reassigned, %d empty", lv + 1, steps,
@@ -616,6 +620,38 @@ class ResidualKMeans:
         return err / max(n, 1)
 
     # ------------------------------------------------------------------ state
+    def save(self, path) -> None:
+        """Write the fitted codebooks to an ``.npz`` file: raw float32 arrays plus a JSON header
+        (format, shapes, options). Nothing in it needs pickle to read; zip CRCs check the bytes."""
+        self._check_fitted()
+        header = {"format": SAVE_FORMAT, "n_features": self.n_features_in_,
+                  "codebook_sizes": self.codebook_sizes_,
+                  "normalize_residuals": bool(self.normalize_residuals),
+                  "residual_scales": [float(v) for v in self.residual_scales_]}
+        arrays = {f"codebook_{i}": c for i, c in enumerate(self.get_codebooks())}
+        np.savez(path, header=np.array(json.dumps(header)), **arrays)
+
+    @classmethod
+    def load(cls, path, *, device: str | torch.device = "cpu") -> "ResidualKMeans":
+        """Read a model written by :meth:`save` (never unpickles); checks shapes against the
+        header."""
+        with np.load(path, allow_pickle=False) as f:
+            try:
+                header = json.loads(str(f["header"]))
+            except (KeyError, ValueError) as exc:
+                raise InvalidCodesError(f"{path} is not a semid_index model file: {exc}") from None
+            if header.get("format") != SAVE_FORMAT:
+                raise InvalidCodesError(
+                    f"{path} has format {header.get('format')!r}, expected {SAVE_FORMAT!r}")
+            books = [f[f"codebook_{i}"] for i in range(len(header["codebook_sizes"]))]
+        for i, (b, k) in enumerate(zip(books, header["codebook_sizes"])):
+            if b.dtype != np.float32 or b.shape != (k, header["n_features"]):
+                raise InvalidCodesError(
+                    f"{path}: codebook {i + 1} has shape {b.shape} and dtype {b.dtype}, header "
+                    f"says ({k}, {header['n_features']}) float32")
+        return cls.from_codebooks(books, normalize_residuals=header["normalize_residuals"],
+                                  residual_scales=header["residual_scales"], device=device)
+
     def get_codebooks(self) -> list[np.ndarray]:
         """Codebooks as float32 numpy arrays, one (K_l, D) array per level."""
         self._check_fitted()
@@ -649,12 +685,17 @@ class ResidualKMeans:
 
 
 def _default_init_size(k: int, dim: int) -> int:
-    """Rows for k-means++: 16 to 128 per centroid, as many as keep the sample near 12 MiB.
+    """Rows for k-means++: 16 to 64 per centroid, as many as keep the sample near 12 MiB.
 
     Each k-means++ step streams the whole sample, so a sample that stays in cache seeds several
     times faster; low-dimensional data gets a larger sample for the same cost.
     """
-    return int(min(128 * k, max(16 * k, (3 << 20) // max(dim, 1))))
+    return int(min(64 * k, max(16 * k, (3 << 20) // max(dim, 1))))
+
+
+def _default_polish_size(k: int, dim: int) -> int:
+    """Rows for the Lloyd iterations: up to 512 per centroid, at most 256 MiB of float32."""
+    return int(max(k, min(512 * k, (256 << 20) // (4 * max(dim, 1)))))
 
 
 class _Sample:
