@@ -6,7 +6,7 @@ import torch
 
 from semid_index.quantize import kmeans_plusplus, mkldnn_available, set_gemm_backend
 from semid_index.quantize._kernels import Codebook, sq_dists
-from semid_index.quantize._kmeans import KMeansLevel, polish
+from semid_index.quantize._kmeans import KMeansLevel
 from semid_index.quantize._lloyd import lloyd
 
 from conftest import gaussian_mixture
@@ -113,21 +113,20 @@ def test_reassignment_revives_a_dead_centroid():
     assert level.counts[15] > 0
 
 
-def test_polish_is_an_exact_lloyd_step_and_fills_empty_codes():
+def test_lloyd_step_is_exact_and_fills_empty_codes():
     x = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0], [13.0]])
     level = KMeansLevel(torch.tensor([[0.5], [11.0], [500.0]]))  # code 2 starts empty
-    labels, inertia, counts, _ = polish(level, x, None, n_lloyd=1, keep_labels=True)
+    labels, counts, inertia = lloyd(level, x, n_iter=1, tol=0.0)
     # Lloyd step: labels 0,0,0,1,1,1 -> means 1 and 34/3; code 2 is empty and re-seeded on the
-    # worst-served row, 13 (2 from its centroid 11; the others are at most 1.5 from theirs)
+    # row farthest from its new centroid, 13 (16/9 beats 1 for rows 0 and 2)
     assert level.centroids[:, 0].tolist() == pytest.approx([1.0, 34 / 3, 13.0])
-    # final pass with the final centroids: no code is empty; labels and SSE are exact
+    # labels are those of the final centroids: no code is empty, the SSE is exact
     assert labels.tolist() == [0, 0, 0, 1, 1, 2]
     assert counts.tolist() == [3.0, 2.0, 1.0]
     assert inertia == pytest.approx(1 + 1 + (4 / 3) ** 2 + (1 / 3) ** 2, rel=1e-5)
 
 
-def test_bounded_lloyd_equals_plain_lloyd():
-    # Hamerly's bounds skip rows that cannot move: the result must be plain Lloyd's, step by step
+def test_lloyd_equals_a_float64_reference():
     x, _ = gaussian_mixture(5000, 12, 40, spread=1.5, seed=11)
     x = torch.from_numpy(x)
     seeds = kmeans_plusplus(x, 32, torch.Generator().manual_seed(0))

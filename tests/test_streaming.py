@@ -13,7 +13,7 @@ import torch
 from semid_index.quantize import ResidualKMeans
 mm = np.load(sys.argv[1], mmap_mode="r")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-model = ResidualKMeans(3, 64, max_steps=10, polish_size=20000, seed=0).fit(mm)
+model = ResidualKMeans(3, 64, max_steps=10, train_size=20000, seed=0).fit(mm)
 codes = model.encode(mm)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"before": before, "after": after, "rows": int(codes.shape[0]),
@@ -38,6 +38,6 @@ def test_streaming_fit_of_a_large_memmap_keeps_memory_flat(tmp_path):
     r = json.loads(out.stdout)
     assert r["rows"] == rows
     grown = r["after"] - r["before"]
-    # chunks of 64 MiB, a 10 MB Lloyd sample, codes (19 MB): far below the file itself
+    # chunks of 64 MiB, a 10 MB training sample, codes (19 MB): far below the file itself
     assert grown < 0.6 * size, (grown, size)
     assert r["dead"] == 0

@@ -1,15 +1,13 @@
-"""One level of mini-batch k-means: k-means++ seeding, the exact running-mean update, dead-centroid
-reassignment and full-pass Lloyd polishing. Pure PyTorch; callers pass valid float32 tensors."""
+"""One level of mini-batch k-means: k-means++ seeding, the exact running-mean update and dead-centroid
+reassignment. Pure PyTorch; callers pass valid float32 tensors."""
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
 
 import torch
 
 from ._kernels import Codebook, row_sq_norms, skinny_scores, sq_dists
-from ._lloyd import lloyd
 
 #: A centroid with no point while this many rows per centroid went by is dead.
 REASSIGN_WINDOW = 50
@@ -122,44 +120,7 @@ class KMeansLevel:
         picks = torch.multinomial(weights, n_dead, replacement=False, generator=generator)
         self.reseed(idx, x[picks.to(x.device)])
 
-    # --- full passes (Lloyd) -------------------------------------------------------------------
-    def full_pass(self, blocks: Iterable[torch.Tensor], *, with_sums: bool, keep_labels: bool):
-        """Assign every row of the stream to its nearest centroid.
-
-        Returns (sums (K, D) float64 or None, counts (K,) float64, inertia float, labels or None).
-        """
-        k, d = self.centroids.shape
-        dev = self.centroids.device
-        sums = torch.zeros(k, d, dtype=torch.float64, device=dev) if with_sums else None
-        counts = torch.zeros(k, dtype=torch.float64, device=dev)
-        inertia = 0.0
-        labels_all = []
-        book = self.book
-        for x in blocks:
-            lab, dist = book.nearest(x, with_dist=True)
-            if with_sums:  # fp32 sums per block, fp64 across blocks: exact enough for any N
-                sums += torch.zeros(k, d, dtype=x.dtype, device=dev).index_add_(0, lab, x)
-            counts += torch.bincount(lab, minlength=k)
-            inertia += float(dist.sum(dtype=torch.float64))
-            if keep_labels:
-                labels_all.append(lab)
-        labels = torch.cat(labels_all) if keep_labels and labels_all else None
-        return sums, counts, inertia, labels
-
-    def worst_rows(self, blocks: Iterable[torch.Tensor], m: int) -> torch.Tensor:
-        """The m rows of the stream farthest from their centroid, (<= m, D)."""
-        worst_d = torch.empty(0, device=self.centroids.device)
-        worst_x = torch.empty(0, self.centroids.shape[1], device=self.centroids.device)
-        for x in blocks:
-            _, dist = self.book.nearest(x, with_dist=True)
-            top_d, top_i = dist.topk(min(m, x.shape[0]))
-            worst_d = torch.cat([worst_d, top_d])
-            worst_x = torch.cat([worst_x, x.index_select(0, top_i)])
-            if worst_d.shape[0] > m:
-                keep = worst_d.topk(m).indices
-                worst_d, worst_x = worst_d[keep], worst_x[keep]
-        return worst_x
-
+    # --- Lloyd support ----------------------------------------------------------------------
     def reseed(self, idx: torch.Tensor, rows: torch.Tensor) -> None:
         """Put centroids ``idx`` on ``rows`` (as many as there are rows), counts back to zero."""
         m = min(idx.numel(), rows.shape[0])
@@ -175,40 +136,3 @@ class KMeansLevel:
         self.centroids[used] = (sums[used] / counts[used].unsqueeze(1)).to(self.centroids.dtype)
         self.counts = counts.clone()
         self._changed()
-
-
-def polish(level: KMeansLevel, lloyd_rows: torch.Tensor,
-           final_blocks: Callable[[], Iterable[torch.Tensor]] | None, n_lloyd: int,
-           keep_labels: bool, tol: float = 0.0, max_rounds: int = 5):
-    """Up to ``n_lloyd`` exact Lloyd iterations on the in-memory rows ``lloyd_rows`` (a sample, or
-    all rows), stopping once one lowers the inertia by less than ``tol`` (relative); then, unless
-    ``final_blocks`` is None (the Lloyd rows were all rows), one pass over ``final_blocks()`` with
-    the final centroids.
-
-    A code found empty in the final pass is re-seeded on the rows farthest from their centroid (one
-    extra pass to find them, then the final pass again; at most ``max_rounds`` times), so training
-    leaves no empty code when there are at least K distinct rows. Returns (labels of the final
-    pass or None, inertia, counts, labels of ``lloyd_rows``).
-    """
-    sample_labels, counts, inertia = lloyd(level, lloyd_rows, n_lloyd, tol)
-    if final_blocks is None:
-        level.counts = counts.clone()
-        return sample_labels if keep_labels else None, inertia, counts, sample_labels
-    rounds = 0
-    while True:
-        _, counts, inertia, labels = level.full_pass(final_blocks(), with_sums=False,
-                                                     keep_labels=keep_labels)
-        if rounds >= max_rounds or not _reseed_empty(level, counts, final_blocks):
-            level.counts = counts.clone()
-            if rounds:  # centroids moved: the sample's labels must follow
-                sample_labels = level.book.nearest(lloyd_rows)
-            return labels, inertia, counts, sample_labels
-        rounds += 1
-
-
-def _reseed_empty(level: KMeansLevel, counts: torch.Tensor, make_blocks) -> bool:
-    empty = (counts == 0).nonzero()[:, 0]
-    if empty.numel() == 0:
-        return False
-    level.reseed(empty, level.worst_rows(make_blocks(), empty.numel()))
-    return True

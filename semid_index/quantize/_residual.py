@@ -15,18 +15,16 @@ from ..errors import (ConfigError, DimensionMismatchError, EmptyInputError, Inva
                       NotFittedError, TooFewItemsError)
 from ._data import DEFAULT_CHUNK_BYTES, Source, as_float_tensor, check_batch, make_source
 from ._kernels import Codebook, Encoder, block_rows, normalize_rows_, row_sq_norms
-from ._kmeans import REASSIGN_WINDOW, KMeansLevel, kmeans_plusplus, polish
+from ._kmeans import REASSIGN_WINDOW, KMeansLevel, kmeans_plusplus
+from ._lloyd import lloyd
 from ._metrics import QualityReport, code_statistics
 
 log = logging.getLogger("semid_index.quantize")
 
-#: Bytes of residual buffer ``fit`` may allocate for in-memory input before it streams instead.
-RESIDUAL_BUFFER_BYTES = 2 << 30
 GRID_INIT_BUFFER = 3072
 SAVE_FORMAT = "semid_index.residual_kmeans/1"
 _BLOCK = 1 << 14  # rows per block for memory-bound passes over buffers
 ENCODE_ROWS = 2048  # rows per encode block: the block and its scores stay in cache
-PASS_ROWS = 4096  # rows per block in full passes over the data
 
 
 @dataclass
@@ -62,7 +60,7 @@ class ResidualKMeans:
     batch_size : int, default 4096
         Rows per mini-batch step.
     max_epochs : float, default 3.0
-        Upper bound on mini-batch passes over the data per level (before polishing).
+        Upper bound on mini-batch passes over the training sample per level.
     max_steps : int or None, default 100
         Upper bound on mini-batch steps per level; ``None`` for no bound besides ``max_epochs``.
     tol : float, default 1e-4
@@ -70,25 +68,28 @@ class ResidualKMeans:
         variance; ``0`` disables it.
     max_no_improvement : int or None, default 10
         Early stop after this many steps without improvement of the smoothed batch inertia.
+    train_size : int or None
+        Rows of the training sample, drawn uniformly from the whole input (all rows when N is
+        smaller); default ``512 K`` rows or 256 MiB of them, whichever is smaller. Every level
+        trains on it (faiss trains on ``256 K``); the input itself is only read, so N is bounded by
+        the disk, not by RAM.
     init_size : int or None
-        Rows sampled (uniformly, from the whole input) for k-means++ seeding; default between
-        ``16 K`` and ``64 K`` rows, as many as fit in about 12 MiB (4096 rows at D=768 and
-        K=256, 16384 at D=50).
+        Rows of the training sample used for k-means++ seeding; default between ``16 K`` and
+        ``64 K`` rows, as many as fit in about 12 MiB (4096 rows at D=768 and K=256, 16384 at
+        D=50).
     n_init_trials : int or None
         Candidates per k-means++ step; default ``2 + int(ln K)``.
     reassign_empty : bool, default True
-        Re-seed a centroid that gets no point at all while ``min(N, 50 K)`` rows go by (a dead
-        code) onto a poorly served point. Codes still empty at the end are re-seeded by polishing.
+        During mini-batch steps, re-seed a centroid that got no point while ``min(n, 50 K)`` rows
+        went by (a dead code) onto a poorly served point.
     n_polish : int, default 10
-        At most this many exact Lloyd iterations at the end of each level (over all rows, or a
-        uniform sample of ``polish_size`` rows when N is larger); then one pass over all rows
-        assigns them with the final centroids and re-seeds any code that is still empty, so
-        training leaves no unused code when N >= K distinct points.
+        At most this many exact Lloyd iterations at the end of each level; a code still empty then
+        is re-seeded on the worst-served row, so training leaves no unused code (on the sample,
+        hence on the data) when there are at least K distinct rows.
     polish_tol : float, default 1e-3
         Lloyd iterations stop once one lowers the inertia by less than this fraction.
-    polish_size : int or None
-        Rows the Lloyd iterations use: all of them when N is at most this, else a uniform sample of
-        this size; default ``512 K`` rows or 256 MiB of them, whichever is smaller.
+    check_input : bool, default True
+        Read every row once to reject NaN/inf anywhere, not only in the sampled rows.
     seed : int, default 0
         Same seed and data give the same codes.
     device : str or torch.device, default "cpu"
@@ -124,7 +125,7 @@ class ResidualKMeans:
                  tol: float = 1e-4, max_no_improvement: int | None = 10,
                  init_size: int | None = None, n_init_trials: int | None = None,
                  reassign_empty: bool = True, n_polish: int = 10, polish_tol: float = 1e-3,
-                 polish_size: int | None = None, seed: int = 0,
+                 train_size: int | None = None, check_input: bool = True, seed: int = 0,
                  device: str | torch.device = "cpu", mode: str = "default",
                  verbose: bool = False):
         self.n_levels = n_levels
@@ -140,7 +141,8 @@ class ResidualKMeans:
         self.n_init_trials = n_init_trials
         self.reassign_empty = reassign_empty
         self.n_polish = n_polish
-        self.polish_size = polish_size
+        self.train_size = train_size
+        self.check_input = check_input
         self.polish_tol = polish_tol
         self.seed = seed
         self.device = device
@@ -211,7 +213,8 @@ class ResidualKMeans:
         X: (N, D) ``torch.Tensor`` / ``numpy.ndarray`` (any real dtype, converted to float32 per
         chunk), a ``numpy.memmap`` or a path to a ``.npy`` file (streamed, never loaded whole), or a
         re-iterable of (B, D) batches (a list, a DataLoader, or a callable returning an iterator).
-        Needs N >= max(codebook_size).
+        Needs N >= max(codebook_size). Training runs on a uniform sample of ``train_size`` rows;
+        a failed fit leaves the previous model untouched.
         """
         sizes = self._check_params()
         src = make_source(X)
@@ -225,12 +228,13 @@ class ResidualKMeans:
 
     def _fit(self, src: Source, sizes: list[int]) -> "ResidualKMeans":
         gen = torch.Generator().manual_seed(int(self.seed))
-        dev = self._device
-        if src.n_rows is None:  # iterable: one reading pass to learn N and D (and validate)
-            for _ in src.chunks(1 << 16):
+        if src.n_rows is None or self.check_input:
+            # one streaming pass: learns N for iterables and rejects NaN/inf anywhere in the data,
+            # not only in the rows the training sample happens to draw
+            for _ in src.chunks(1 << 16, copy=False):
                 pass
-            if not src.n_rows:
-                raise EmptyInputError("embeddings are empty: the batches yielded no rows")
+        if not src.n_rows:
+            raise EmptyInputError("embeddings are empty: the batches yielded no rows")
         if src.n_rows < max(sizes):
             level = sizes.index(max(sizes)) + 1
             raise TooFewItemsError(
@@ -239,26 +243,17 @@ class ResidualKMeans:
         self._reset(src.dim, sizes)
         if self.mode == "grid":
             return self._fit_grid(src, gen)
-        init_n = self.init_size or min(src.n_rows, _default_init_size(max(sizes), src.dim))
-        polish_n = self.polish_size or min(src.n_rows, _default_polish_size(max(sizes), src.dim))
-        self._lloyd_on_all = polish_n >= src.n_rows
-        # one uniform sample (random order: any prefix is uniform) seeds every level with its
-        # first init_n rows and, when N is large, carries the Lloyd iterations
-        rows, idx = src.sample(max(init_n, min(src.n_rows, polish_n)), gen)
-        self._variance = float(rows.var(0).mean()) if rows.shape[0] > 1 else 1.0
-        in_memory = src.random_access and \
-            src.n_rows * src.dim * 4 <= RESIDUAL_BUFFER_BYTES and not _is_memmap(src)
-        R = src.materialize().to(dev) if in_memory else None
-        # with a residual buffer the sample is re-read from it (by index) at every level;
-        # otherwise its rows are carried and advanced level by level
-        sample = _Sample(None if R is not None else rows.to(dev),
-                         torch.as_tensor(idx).to(dev) if R is not None else None)
-        del rows
+        train_n = min(src.n_rows, self.train_size or _default_train_size(max(sizes), src.dim))
+        init_n = min(train_n, self.init_size or _default_init_size(max(sizes), src.dim))
+        # one uniform sample in random order (any prefix of it is uniform too) trains every level:
+        # the first init_n rows seed it, mini-batches and Lloyd iterations run over all of it
+        x = src.sample(train_n, gen)[0].to(self._device)
+        self._variance = float(x.var(0).mean()) if x.shape[0] > 1 else 1.0
         if self.train_layer_wise:
             for lv in range(len(sizes)):
-                self._fit_level(lv, src, R, sample, init_n, gen)
+                self._fit_level(lv, x, init_n, gen)
         else:
-            self._fit_joint(src, R, sample, init_n, gen)
+            self._fit_joint(x, init_n, gen)
         self._finish()
         return self
 
@@ -271,6 +266,7 @@ class ResidualKMeans:
         self._scales = [0.0] * len(sizes)
         self._buffers: list[list[torch.Tensor]] = [[] for _ in sizes]
         self._n_steps = 0
+        self._n_train = 1 << 62  # streaming (partial_fit): the data size is unknown
         self.history_: list[FitLog] = []
 
     def _finish(self) -> None:
@@ -280,157 +276,92 @@ class ResidualKMeans:
         self._books = [Codebook(c) for c in self.codebooks_]
         self._encoder = Encoder(self._books, self.normalize_residuals)
 
-    def _advance(self, lv: int, x: torch.Tensor) -> torch.Tensor:
-        """Residual of rows x (the input of level lv) after level lv (x is overwritten)."""
-        book = self._levels[lv].book
-        for a in range(0, x.shape[0], _BLOCK):
-            blk = x[a:a + _BLOCK]
-            if self.normalize_residuals:
-                normalize_rows_(blk)
-            blk.sub_(book.centroids.index_select(0, book.nearest(blk)))
-        return x
-
-    def _prefix(self, x: torch.Tensor, upto: int) -> torch.Tensor:
-        """Residual entering level ``upto`` for raw rows x (B, D); x is overwritten."""
-        for lv in range(upto):
-            if self.normalize_residuals:
-                normalize_rows_(x)
-            book = self._levels[lv].book
-            x.sub_(book.centroids.index_select(0, book.nearest(x)))
-        return x
-
-    def _level_blocks(self, lv: int, src: Source, R: torch.Tensor | None,
-                      gen: torch.Generator | None, rows: int) -> Iterator[torch.Tensor]:
-        """Blocks of level lv's input (residual; normalised if configured), shuffled if gen."""
-        dev = self._device
-        if R is not None:
-            if gen is None:
-                for a in range(0, R.shape[0], rows):
-                    yield R[a:a + rows]
-            else:
-                perm = torch.randperm(R.shape[0], generator=gen).to(dev)
-                for a in range(0, R.shape[0], rows):
-                    yield R.index_select(0, perm[a:a + rows])
-            return
-        chunk_rows = max(rows, (DEFAULT_CHUNK_BYTES // (4 * src.dim)) // rows * rows)
-        for chunk in src.chunks(chunk_rows, gen):
-            x = self._prefix(chunk.to(dev), lv)
-            if self.normalize_residuals:
-                normalize_rows_(x)
-            for a in range(0, x.shape[0], rows):
-                yield x[a:a + rows]
-
     def _seed_level(self, lv: int, x: torch.Tensor, gen: torch.Generator) -> KMeansLevel:
-        k = self.codebook_sizes_[lv]
-        trials = self.n_init_trials
-        centers = kmeans_plusplus(x, k, gen, trials)
+        centers = kmeans_plusplus(x, self.codebook_sizes_[lv], gen, self.n_init_trials)
         level = KMeansLevel(centers)
+        level.reassign_window = min(self._n_train, REASSIGN_WINDOW * level.k)
         self._levels[lv] = level
         return level
 
-    @staticmethod
-    def _reassign_window(src: Source, k: int, R) -> int:
-        # a source read in storage order may show a region only late in the epoch: wait a full one
-        if R is None and not src.shuffles:
-            return src.n_rows
-        return min(src.n_rows, REASSIGN_WINDOW * k)
+    def _batches(self, x: torch.Tensor, gen: torch.Generator) -> Iterator[torch.Tensor]:
+        """Mini-batches of x in a fresh random order, for ever (epoch after epoch)."""
+        while True:
+            perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
+            for a in range(0, x.shape[0], self.batch_size):
+                yield x.index_select(0, perm[a:a + self.batch_size])
 
     def _step_budget(self, n_rows: int) -> int:
-        steps = math.ceil(self.max_epochs * n_rows / self.batch_size) \
-            if math.isfinite(self.max_epochs) else (self.max_steps or 0)
-        if self.max_steps is not None:
-            steps = min(steps, self.max_steps)
-        return steps
+        steps = math.ceil(self.max_epochs * n_rows / self.batch_size)
+        return steps if self.max_steps is None else min(steps, self.max_steps)
 
-    def _fit_level(self, lv: int, src: Source, R, sample: "_Sample", init_n: int, gen) -> None:
-        """Layer-wise: seed level lv on the sample's residuals, mini-batch, then polish."""
-        self._normalize_input(lv, R, sample)
-        level = self._seed_level(lv, sample.current(R)[:init_n], gen)
-        level.reassign_window = self._reassign_window(src, level.k, R)
-        budget = self._step_budget(src.n_rows)
-        stopper = _EarlyStop(self, src.n_rows)
+    def _fit_level(self, lv: int, x: torch.Tensor, init_n: int, gen) -> None:
+        """Layer-wise: seed level lv on x (its input rows), mini-batch steps, Lloyd iterations;
+        x is then advanced in place to the next level's input."""
+        self._n_train = x.shape[0]
+        self._normalize_input(lv, x)
+        level = self._seed_level(lv, x[:init_n], gen)
+        budget = self._step_budget(x.shape[0])
+        stopper = _EarlyStop(self, x.shape[0])
         steps = 0
-        while steps < budget and not stopper.stopped:
-            for x in self._level_blocks(lv, src, R, gen, self.batch_size):
-                lab, dist = level.book.nearest(x, with_dist=True)
-                shift = level.step(x, lab, dist, gen, self.reassign_empty)
-                steps += 1
-                if stopper.update(float(dist.mean()), shift, x.shape[0]) or steps >= budget:
-                    break
-        self._polish_level(lv, src, R, sample, steps, stopper.stopped)
+        for batch in self._batches(x, gen):
+            if steps >= budget or stopper.stopped:
+                break
+            lab, dist = level.book.nearest(batch, with_dist=True)
+            shift = level.step(batch, lab, dist, gen, self.reassign_empty)
+            steps += 1
+            stopper.update(float(dist.mean()), shift, batch.shape[0])
+        self._polish_level(lv, x, steps, stopper.stopped)
 
-    def _normalize_input(self, lv: int, R, sample: "_Sample") -> None:
-        """With normalize_residuals: unit-normalise level lv's input rows (buffer or carried
-        sample) and record their mean norm before normalisation."""
-        if not self.normalize_residuals:
-            return
-        if R is not None:
-            self._scales[lv] = self._normalize_buffer(R)
-        else:
-            self._scales[lv] = float(normalize_rows_(sample.rows).mean())
+    def _normalize_input(self, lv: int, x: torch.Tensor) -> None:
+        """With normalize_residuals: unit-normalise level lv's input rows in place and record their
+        mean norm before normalisation."""
+        if self.normalize_residuals:
+            total = sum(float(normalize_rows_(blk).double().sum()) for blk in _blocks(x, _BLOCK))
+            self._scales[lv] = total / x.shape[0]
 
-    def _polish_level(self, lv: int, src: Source, R, sample: "_Sample", steps: int,
-                      converged: bool) -> None:
-        """Lloyd iterations (on all rows when they fit, else on the sample), then the final pass
-        over all rows (which re-seeds empty codes) unless Lloyd already saw them all; the buffer or
-        the carried sample becomes the next level's input."""
+    def _polish_level(self, lv: int, x: torch.Tensor, steps: int, converged: bool) -> None:
+        """Lloyd iterations on x (which re-seed empty codes), then x -= its centroids."""
         level = self._levels[lv]
-        rows = min(block_rows(level.k), PASS_ROWS)
-        on_buffer = self._lloyd_on_all and R is not None
-        lloyd_rows = R if on_buffer else sample.current(R)
-        final = None if self._lloyd_on_all else \
-            (lambda: self._level_blocks(lv, src, R, None, rows))
-        labels, inertia, counts, sample_labels = polish(
-            level, lloyd_rows, final, self.n_polish, keep_labels=R is not None,
-            tol=self.polish_tol)
+        labels, counts, inertia = lloyd(level, x, self.n_polish, self.polish_tol)
+        level.counts = counts.clone()
         c = level.centroids
-        if R is not None:
-            for a in range(0, R.shape[0], _BLOCK):
-                R[a:a + _BLOCK].sub_(c.index_select(0, labels[a:a + _BLOCK]))
-        else:
-            sample.rows.sub_(c.index_select(0, sample_labels))
+        for a in range(0, x.shape[0], _BLOCK):
+            x[a:a + _BLOCK].sub_(c.index_select(0, labels[a:a + _BLOCK]))
         n_empty = int((counts == 0).sum())
         self.history_.append(FitLog(lv, steps, converged, level.n_reassigned, inertia, n_empty))
         log.info("level %d: %d steps%s, inertia %.6g, %d reassigned, %d empty", lv + 1, steps,
                  " (converged)" if converged else "", inertia, level.n_reassigned, n_empty)
 
-    def _normalize_buffer(self, R: torch.Tensor) -> float:
-        total = 0.0
-        for a in range(0, R.shape[0], _BLOCK):
-            total += float(normalize_rows_(R[a:a + _BLOCK]).double().sum())
-        return total / R.shape[0]
-
-    def _fit_joint(self, src: Source, R, sample: "_Sample", init_n: int, gen) -> None:
+    def _fit_joint(self, x: torch.Tensor, init_n: int, gen) -> None:
         """Joint training: seed all levels on the sample, then update every level per batch."""
-        x = sample.current(R)[:init_n].clone()
+        self._n_train = x.shape[0]
+        r = x[:init_n].clone()
         for lv in range(len(self.codebook_sizes_)):
             if self.normalize_residuals:
-                normalize_rows_(x)
-            level = self._seed_level(lv, x, gen)
-            level.reassign_window = self._reassign_window(src, level.k, R)
-            x.sub_(level.centroids.index_select(0, level.book.nearest(x)))
-        del x
-        budget = self._step_budget(src.n_rows)
-        stopper = _EarlyStop(self, src.n_rows)
+                normalize_rows_(r)
+            level = self._seed_level(lv, r, gen)
+            r.sub_(level.centroids.index_select(0, level.book.nearest(r)))
+        del r
+        budget = self._step_budget(x.shape[0])
+        stopper = _EarlyStop(self, x.shape[0])
         steps = 0
-        while steps < budget and not stopper.stopped:
-            for x in self._level_blocks(0, src, R, gen, self.batch_size):
-                shift = 0.0
-                for level in self._levels:
-                    if self.normalize_residuals:
-                        x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_(min=1e-12)
-                    lab, dist = level.book.nearest(x, with_dist=True)
-                    resid = x - level.centroids.index_select(0, lab)
-                    shift += level.step(x, lab, dist, gen, self.reassign_empty)
-                    x = resid
-                steps += 1
-                if stopper.update(float(row_sq_norms(x).mean()), shift, x.shape[0]) \
-                        or steps >= budget:
-                    break
-        # polish level by level: each level's final pass fixes the next level's input
+        for batch in self._batches(x, gen):
+            if steps >= budget or stopper.stopped:
+                break
+            shift = 0.0
+            for level in self._levels:
+                if self.normalize_residuals:
+                    normalize_rows_(batch)
+                lab, dist = level.book.nearest(batch, with_dist=True)
+                resid = batch - level.centroids.index_select(0, lab)
+                shift += level.step(batch, lab, dist, gen, self.reassign_empty)
+                batch = resid
+            steps += 1
+            stopper.update(float(row_sq_norms(batch).mean()), shift, batch.shape[0])
+        # polish level by level: each level's Lloyd result fixes the next level's input
         for lv in range(len(self._levels)):
-            self._normalize_input(lv, R, sample)
-            self._polish_level(lv, src, R, sample, steps, stopper.stopped)
+            self._normalize_input(lv, x)
+            self._polish_level(lv, x, steps, stopper.stopped)
 
     def _fit_grid(self, src: Source, gen) -> "ResidualKMeans":
         """GRID's schedule: shuffled batches, ``max_steps`` split evenly over levels (layer-wise)
@@ -693,28 +624,14 @@ def _default_init_size(k: int, dim: int) -> int:
     return int(min(64 * k, max(16 * k, (3 << 20) // max(dim, 1))))
 
 
-def _default_polish_size(k: int, dim: int) -> int:
-    """Rows for the Lloyd iterations: up to 512 per centroid, at most 256 MiB of float32."""
+def _default_train_size(k: int, dim: int) -> int:
+    """Rows of the training sample: up to 512 per centroid, at most 256 MiB of float32."""
     return int(max(k, min(512 * k, (256 << 20) // (4 * max(dim, 1)))))
-
-
-class _Sample:
-    """The training sample: row indices into the residual buffer, or carried residual rows."""
-
-    def __init__(self, rows: torch.Tensor | None, idx: torch.Tensor | None):
-        self.rows, self.idx = rows, idx
-
-    def current(self, R: torch.Tensor | None) -> torch.Tensor:
-        return R.index_select(0, self.idx) if R is not None else self.rows
 
 
 def _blocks(x: torch.Tensor, rows: int) -> Iterator[torch.Tensor]:
     for a in range(0, x.shape[0], rows):
         yield x[a:a + rows]
-
-
-def _is_memmap(src: Source) -> bool:
-    return isinstance(getattr(src, "data", None), np.memmap)
 
 
 class _EarlyStop:
