@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from semid_index.quantize import kmeans_plusplus, mkldnn_available, set_gemm_backend
+from semid_index.quantize import (get_gemm_backend, kmeans_plusplus, mkldnn_available,
+                                  set_gemm_backend)
 from semid_index.quantize._kernels import Codebook, sq_dists
 from semid_index.quantize._kmeans import KMeansLevel
 from semid_index.quantize._lloyd import lloyd
@@ -34,12 +35,14 @@ def test_gemm_backends_give_the_same_codes():
     x, _ = gaussian_mixture(4000, 48, 30, seed=3)
     x = torch.from_numpy(x)
     c = x[torch.randperm(4000, generator=torch.Generator().manual_seed(0))[:256]]
+    before = get_gemm_backend()
     try:
         set_gemm_backend("mkldnn")
         a = Codebook(c).nearest(x)
-    finally:
         set_gemm_backend("linear")
-    b = Codebook(c).nearest(x)
+        b = Codebook(c).nearest(x)
+    finally:
+        set_gemm_backend(before)
     assert (a == b).float().mean() > 0.999  # only exact ties may differ by rounding
 
 

@@ -10,6 +10,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import (ConfigError, DimensionMismatchError, EmptyInputError, InvalidCodesError,
                       NotFittedError, TooFewItemsError)
@@ -94,6 +95,8 @@ class ResidualKMeans:
         Same seed and data give the same codes.
     device : str or torch.device, default "cpu"
         Where codebooks live and distances are computed ("cpu", "cuda", "cuda:1").
+    verbose : bool, default False
+        Show a progress bar per level (and log each level's result at INFO).
     mode : {"default", "grid"}
         ``"grid"`` reproduces GRID's training: input and residuals normalised, plain k-means++ on
         the first ``init_size`` (3072) rows each level sees, Sculley updates with counts starting
@@ -303,13 +306,16 @@ class ResidualKMeans:
         budget = self._step_budget(x.shape[0])
         stopper = _EarlyStop(self, x.shape[0])
         steps = 0
-        for batch in self._batches(x, gen):
-            if steps >= budget or stopper.stopped:
-                break
-            lab, dist = level.book.nearest(batch, with_dist=True)
-            shift = level.step(batch, lab, dist, gen, self.reassign_empty)
-            steps += 1
-            stopper.update(float(dist.mean()), shift, batch.shape[0])
+        with tqdm(total=budget, desc=f"level {lv + 1}/{len(self.codebook_sizes_)}",
+                  unit="step", disable=not self.verbose, leave=False) as bar:
+            for batch in self._batches(x, gen):
+                if steps >= budget or stopper.stopped:
+                    break
+                lab, dist = level.book.nearest(batch, with_dist=True)
+                shift = level.step(batch, lab, dist, gen, self.reassign_empty)
+                steps += 1
+                stopper.update(float(dist.mean()), shift, batch.shape[0])
+                bar.update()
         self._polish_level(lv, x, steps, stopper.stopped)
 
     def _normalize_input(self, lv: int, x: torch.Tensor) -> None:
