@@ -9,7 +9,6 @@ mixture of the same shape. The loop is the seed's: ``model.train()``, ``training
 
 import argparse
 
-import numpy as np
 import torch
 
 from semid_index import (KMeansPlusPlusInitInitializer, MiniBatchKMeans, ResidualQuantization,

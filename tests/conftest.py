@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 
 def gaussian_mixture(n, d, n_clusters, *, spread=4.0, noise=1.0, seed=0, skew=0.0):

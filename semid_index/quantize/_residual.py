@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..errors import (ConfigError, DimensionMismatchError, EmptyInputError, InvalidCodesError,
                       NotFittedError, TooFewItemsError)
 from ._data import DEFAULT_CHUNK_BYTES, Source, as_float_tensor, check_batch, make_source
-from ._kernels import Codebook, Encoder, block_rows, normalize_rows_, row_sq_norms
+from ._kernels import Codebook, Encoder, normalize_rows_, row_sq_norms
 from ._kmeans import REASSIGN_WINDOW, KMeansLevel, kmeans_plusplus
 from ._lloyd import lloyd
 from ._metrics import QualityReport, code_statistics
@@ -75,8 +75,8 @@ class ResidualKMeans:
         trains on it (faiss trains on ``256 K``); the input itself is only read, so N is bounded by
         the disk, not by RAM.
     init_size : int or None
-        Rows of the training sample used for k-means++ seeding; default between ``16 K`` and
-        ``64 K`` rows, as many as fit in about 12 MiB (4096 rows at D=768 and K=256, 16384 at
+        Rows of the training sample used for k-means++ seeding; default between ``32 K`` and
+        ``64 K`` rows, as many as fit in about 12 MiB (8192 rows at D=768 and K=256, 16384 at
         D=50).
     n_init_trials : int or None
         Candidates per k-means++ step; default ``2 + int(ln K)``.
@@ -394,7 +394,7 @@ class ResidualKMeans:
     def partial_fit(self, X, y=None, *, level: int | None = None) -> "ResidualKMeans":
         """Update the model with one batch X (B, D) (streaming training).
 
-        Each level buffers the first ``init_size`` rows it sees (default ``32 * K``) and seeds
+        Each level buffers the first ``init_size`` rows it sees (default as in ``fit``) and seeds
         itself with k-means++ on them; later batches update it with the running-mean rule.
         ``level=None`` updates every level (joint); ``level=l`` (0-based) updates only level l,
         levels before it frozen (use it to train layer-wise from a stream).
@@ -622,12 +622,12 @@ class ResidualKMeans:
 
 
 def _default_init_size(k: int, dim: int) -> int:
-    """Rows for k-means++: 16 to 64 per centroid, as many as keep the sample near 12 MiB.
+    """Rows for k-means++: 32 to 64 per centroid (GRID seeds on 12), more when rows are small.
 
     Each k-means++ step streams the whole sample, so a sample that stays in cache seeds several
     times faster; low-dimensional data gets a larger sample for the same cost.
     """
-    return int(min(64 * k, max(16 * k, (3 << 20) // max(dim, 1))))
+    return int(min(64 * k, max(32 * k, (3 << 20) // max(dim, 1))))
 
 
 def _default_train_size(k: int, dim: int) -> int:
