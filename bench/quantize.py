@@ -120,7 +120,7 @@ def rel_mse(x, xhat):
 
 
 # ----------------------------------------------------------------------------- methods
-def run_ours(x, levels, k, threads, backend="mkldnn", **kw):
+def run_ours(x, levels, k, threads, backend="linear", **kw):
     default = get_gemm_backend()
     set_gemm_backend(backend)
     try:
@@ -250,7 +250,7 @@ def main(argv=None):
                    help="rounds of every method (round robin); each keeps its best time")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--datasets", default="synth,glove")
-    p.add_argument("--methods", default="ours,ours-linear,faiss,sklearn")
+    p.add_argument("--methods", default="ours,ours-mkldnn,faiss,sklearn")
     p.add_argument("--stream", action="store_true",
                    help="also fit a 1M x 256 memmap in a child process and report its peak RSS")
     p.add_argument("--stream-rows", type=int, default=1_000_000)
@@ -286,7 +286,7 @@ def main(argv=None):
                              g if not a.quick else g[:20000]))
     runners = {  # one train + best-of-3 encode per call; repeats are done round robin below
         "ours": lambda x: run_ours(x, a.levels, a.k, a.threads, get_gemm_backend()),
-        "ours-linear": lambda x: run_ours(x, a.levels, a.k, a.threads, "linear"),
+        "ours-mkldnn": lambda x: run_ours(x, a.levels, a.k, a.threads, "mkldnn"),
         "faiss": lambda x: run_faiss(x, a.levels, a.k, a.threads),
         "sklearn": lambda x: run_sklearn(x, a.levels, a.k, a.threads),
     }
