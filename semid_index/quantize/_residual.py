@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -12,20 +11,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import (ConfigError, DimensionMismatchError, EmptyInputError, InvalidCodesError,
-                      NotFittedError, TooFewItemsError)
-from ._data import DEFAULT_CHUNK_BYTES, Source, as_float_tensor, check_batch, make_source
+from ..errors import (ConfigError, DimensionMismatchError, EmptyInputError, NotFittedError,
+                      TooFewItemsError)
+from ._data import Source, as_float_tensor, check_batch, make_source
 from ._kernels import Codebook, Encoder, normalize_rows_, row_sq_norms
 from ._kmeans import REASSIGN_WINDOW, KMeansLevel, kmeans_plusplus
+from ._inference import CodesMixin
 from ._lloyd import lloyd
-from ._metrics import QualityReport, code_statistics
 
 log = logging.getLogger("semid_index.quantize")
 
 GRID_INIT_BUFFER = 3072
-SAVE_FORMAT = "semid_index.residual_kmeans/1"
 _BLOCK = 1 << 14  # rows per block for memory-bound passes over buffers
-ENCODE_ROWS = 2048  # rows per encode block: the block and its scores stay in cache
+STEP_ROWS_PER_CENTROID = 1000  # default mini-batch budget per level, in rows per centroid
 
 
 @dataclass
@@ -40,7 +38,7 @@ class FitLog:
     empty_codes: int
 
 
-class ResidualKMeans:
+class ResidualKMeans(CodesMixin):
     """Residual mini-batch k-means: maps embeddings (N, D) to hierarchical codes (N, L).
 
     Level ``l`` clusters the residual left by levels ``< l``; an item's code at level ``l`` is the
@@ -62,8 +60,9 @@ class ResidualKMeans:
         Rows per mini-batch step.
     max_epochs : float, default 3.0
         Upper bound on mini-batch passes over the training sample per level.
-    max_steps : int or None, default 100
-        Upper bound on mini-batch steps per level; ``None`` for no bound besides ``max_epochs``.
+    max_steps : int or None
+        Upper bound on mini-batch steps per level; default enough steps for about 1000 rows per
+        centroid (``ceil(1000 K / batch_size)``: 63 for K=256). Lloyd iterations follow.
     tol : float, default 1e-4
         Early stop when the squared centre shift of a step falls below ``tol`` times the data
         variance; ``0`` disables it.
@@ -124,7 +123,7 @@ class ResidualKMeans:
 
     def __init__(self, n_levels: int = 3, codebook_size: int | Sequence[int] = 256, *,
                  normalize_residuals: bool = False, train_layer_wise: bool = True,
-                 batch_size: int = 4096, max_epochs: float = 3.0, max_steps: int | None = 100,
+                 batch_size: int = 4096, max_epochs: float = 3.0, max_steps: int | None = None,
                  tol: float = 1e-4, max_no_improvement: int | None = 10,
                  init_size: int | None = None, n_init_trials: int | None = None,
                  reassign_empty: bool = True, n_polish: int = 10, polish_tol: float = 1e-3,
@@ -293,9 +292,12 @@ class ResidualKMeans:
             for a in range(0, x.shape[0], self.batch_size):
                 yield x.index_select(0, perm[a:a + self.batch_size])
 
-    def _step_budget(self, n_rows: int) -> int:
-        steps = math.ceil(self.max_epochs * n_rows / self.batch_size)
-        return steps if self.max_steps is None else min(steps, self.max_steps)
+    def _step_budget(self, n_rows: int, k: int) -> int:
+        cap = self.max_steps if self.max_steps is not None else \
+            math.ceil(STEP_ROWS_PER_CENTROID * k / self.batch_size)
+        if not math.isfinite(self.max_epochs):
+            return cap
+        return min(math.ceil(self.max_epochs * n_rows / self.batch_size), cap)
 
     def _fit_level(self, lv: int, x: torch.Tensor, init_n: int, gen) -> None:
         """Layer-wise: seed level lv on x (its input rows), mini-batch steps, Lloyd iterations;
@@ -303,7 +305,7 @@ class ResidualKMeans:
         self._n_train = x.shape[0]
         self._normalize_input(lv, x)
         level = self._seed_level(lv, x[:init_n], gen)
-        budget = self._step_budget(x.shape[0])
+        budget = self._step_budget(x.shape[0], level.k)
         stopper = _EarlyStop(self, x.shape[0])
         steps = 0
         with tqdm(total=budget, desc=f"level {lv + 1}/{len(self.codebook_sizes_)}",
@@ -348,7 +350,7 @@ class ResidualKMeans:
             level = self._seed_level(lv, r, gen)
             r.sub_(level.centroids.index_select(0, level.book.nearest(r)))
         del r
-        budget = self._step_budget(x.shape[0])
+        budget = self._step_budget(x.shape[0], max(self.codebook_sizes_))
         stopper = _EarlyStop(self, x.shape[0])
         steps = 0
         for batch in self._batches(x, gen):
@@ -449,150 +451,6 @@ class ResidualKMeans:
             rows = torch.cat(buf)
             self._buffers[lv] = []
             self._seed_level(lv, rows, gen)
-
-    # ------------------------------------------------------------------ inference
-    def encode(self, X, *, batch_rows: int | None = None) -> torch.Tensor:
-        """Codes of every row: (N, L) int64 tensor on the CPU.
-
-        X: anything ``fit`` accepts. Rows are processed in blocks of ``batch_rows`` (default 2048),
-        all levels fused per block; float32 C-contiguous input is read in place, never copied.
-        """
-        self._check_fitted()
-        src = make_source(X)
-        out = [codes for codes, _, _ in self._encode_blocks(src, batch_rows)]
-        if not out:
-            raise EmptyInputError("embeddings are empty: the batches yielded no rows")
-        return torch.cat(out)
-
-    def _encode_blocks(self, src: Source, batch_rows: int | None = None, with_residual=False):
-        """Yield (codes (b, L) int64 CPU, residual norms list or None, input block) per block."""
-        dev = self._device
-        dim = self.n_features_in_
-        rows = batch_rows or ENCODE_ROWS
-        chunk_rows = max(rows, (DEFAULT_CHUNK_BYTES // (4 * dim)) // rows * rows)
-        if src.dim is not None:  # an iterable's width is known only once read
-            check_batch(torch.empty(0, src.dim), dim)
-        work = torch.empty(rows, dim, device=dev)
-        for chunk in src.chunks(chunk_rows, copy=False):
-            if chunk.shape[1] != dim:
-                check_batch(chunk[:0], dim)
-            chunk = chunk.to(dev)
-            for a in range(0, chunk.shape[0], rows):
-                blk = chunk[a:a + rows]
-                codes = torch.empty(blk.shape[0], len(self._books), dtype=torch.int64, device=dev)
-                norms: list[torch.Tensor] | None = [] if with_residual else None
-                self._encoder.encode(blk, codes, work, norms)
-                yield codes.cpu(), norms, blk
-
-    def predict(self, X) -> torch.Tensor:
-        """Alias of :meth:`encode` (scikit-learn naming)."""
-        return self.encode(X)
-
-    def decode(self, codes) -> torch.Tensor:
-        """Reconstruction from codes (N, L) -> (N, D) float32.
-
-        Plain residuals: the sum of the selected centroids. With ``normalize_residuals`` the
-        residual norms are not stored, so the reconstruction of the *unit-normalised* input uses the
-        mean residual norm of each level seen in training: ``c_1 + s_2 (c_2 + s_3 (c_3 ...))``.
-        """
-        self._check_fitted()
-        c = torch.as_tensor(codes)
-        if c.ndim != 2 or c.shape[1] != len(self.codebooks_):
-            raise InvalidCodesError(
-                f"codes must have shape (N, {len(self.codebooks_)}), got {tuple(c.shape)}")
-        if c.dtype.is_floating_point:
-            raise InvalidCodesError(f"codes must be integers, got dtype {c.dtype}")
-        c = c.to(torch.int64)
-        for lv, k in enumerate(self.codebook_sizes_):
-            col = c[:, lv]
-            if col.numel() and (int(col.min()) < 0 or int(col.max()) >= k):
-                raise InvalidCodesError(
-                    f"codes at level {lv + 1} must lie in 0..{k - 1}, got values in "
-                    f"{int(col.min())}..{int(col.max())}")
-        c = c.to(self._device)
-        out = torch.zeros(c.shape[0], self.n_features_in_, device=self._device)
-        for lv in reversed(range(len(self.codebooks_))):
-            if self.normalize_residuals and lv + 1 < len(self.codebooks_):
-                out.mul_(float(self.residual_scales_[lv + 1]))
-            out.add_(self.codebooks_[lv].index_select(0, c[:, lv]))
-        return out.cpu()
-
-    def quality(self, X) -> QualityReport:
-        """Quality report over a whole data set (streamed): see :class:`QualityReport`."""
-        self._check_fitted()
-        src = make_source(X)
-        L = len(self._books)
-        level_sq = torch.zeros(L + 1, dtype=torch.float64)
-        total_sq = 0.0
-        n = 0
-        codes_all = []
-        for codes, norms, orig in self._encode_blocks(src, with_residual=True):
-            for lv in range(L + 1):
-                level_sq[lv] += float(norms[lv].double().sum())
-            if self.normalize_residuals:
-                total_sq += float(orig.shape[0])  # the target is the unit-normalised input
-            else:
-                total_sq += float((orig.double() ** 2).sum())
-            n += codes.shape[0]
-            codes_all.append(codes.numpy())
-        if n == 0:
-            raise EmptyInputError("embeddings are empty: the batches yielded no rows")
-        codes_np = np.concatenate(codes_all)
-        rel = self._relative_error(src) if self.normalize_residuals else \
-            float(level_sq[L]) / max(total_sq, 1e-30)
-        stats = code_statistics(codes_np, self.codebook_sizes_)
-        inertia = [float(level_sq[lv + 1]) for lv in range(L)]
-        return QualityReport(n_items=n, inertia=inertia, relative_error=rel, **stats)
-
-    def _relative_error(self, src: Source) -> float:
-        """||x' - decode(encode(x))||^2 / ||x'||^2 with x' the unit-normalised input."""
-        err = 0.0
-        n = 0
-        for chunk in src.chunks(8192):
-            x = chunk.to(self._device)
-            normalize_rows_(x)
-            codes = self.encode(x)
-            err += float(((x.cpu() - self.decode(codes)) ** 2).double().sum())
-            n += x.shape[0]
-        return err / max(n, 1)
-
-    # ------------------------------------------------------------------ state
-    def save(self, path) -> None:
-        """Write the fitted codebooks to an ``.npz`` file: raw float32 arrays plus a JSON header
-        (format, shapes, options). Nothing in it needs pickle to read; zip CRCs check the bytes."""
-        self._check_fitted()
-        header = {"format": SAVE_FORMAT, "n_features": self.n_features_in_,
-                  "codebook_sizes": self.codebook_sizes_,
-                  "normalize_residuals": bool(self.normalize_residuals),
-                  "residual_scales": [float(v) for v in self.residual_scales_]}
-        arrays = {f"codebook_{i}": c for i, c in enumerate(self.get_codebooks())}
-        np.savez(path, header=np.array(json.dumps(header)), **arrays)
-
-    @classmethod
-    def load(cls, path, *, device: str | torch.device = "cpu") -> "ResidualKMeans":
-        """Read a model written by :meth:`save` (never unpickles); checks shapes against the
-        header."""
-        with np.load(path, allow_pickle=False) as f:
-            try:
-                header = json.loads(str(f["header"]))
-            except (KeyError, ValueError) as exc:
-                raise InvalidCodesError(f"{path} is not a semid_index model file: {exc}") from None
-            if header.get("format") != SAVE_FORMAT:
-                raise InvalidCodesError(
-                    f"{path} has format {header.get('format')!r}, expected {SAVE_FORMAT!r}")
-            books = [f[f"codebook_{i}"] for i in range(len(header["codebook_sizes"]))]
-        for i, (b, k) in enumerate(zip(books, header["codebook_sizes"])):
-            if b.dtype != np.float32 or b.shape != (k, header["n_features"]):
-                raise InvalidCodesError(
-                    f"{path}: codebook {i + 1} has shape {b.shape} and dtype {b.dtype}, header "
-                    f"says ({k}, {header['n_features']}) float32")
-        return cls.from_codebooks(books, normalize_residuals=header["normalize_residuals"],
-                                  residual_scales=header["residual_scales"], device=device)
-
-    def get_codebooks(self) -> list[np.ndarray]:
-        """Codebooks as float32 numpy arrays, one (K_l, D) array per level."""
-        self._check_fitted()
-        return [c.detach().cpu().numpy().astype(np.float32, copy=True) for c in self.codebooks_]
 
     @classmethod
     def from_codebooks(cls, codebooks: Sequence, *, normalize_residuals: bool = False,

@@ -1,0 +1,172 @@
+"""Inference and persistence of a fitted residual k-means: encode, decode, quality, save/load.
+
+:class:`CodesMixin` is the half of ``ResidualKMeans`` that needs only the codebooks
+(``codebooks_``, ``codebook_sizes_``, ``n_features_in_``, ``residual_scales_``, ``_encoder``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..errors import EmptyInputError, InvalidCodesError
+from ._data import DEFAULT_CHUNK_BYTES, Source, check_batch, make_source
+from ._kernels import normalize_rows_
+from ._metrics import QualityReport, code_statistics
+
+if TYPE_CHECKING:
+    from ._residual import ResidualKMeans
+
+SAVE_FORMAT = "semid_index.residual_kmeans/1"
+ENCODE_ROWS = 2048  # rows per encode block: the block and its scores stay in cache
+
+
+class CodesMixin:
+    """encode / decode / quality / save / load for ``ResidualKMeans``."""
+
+    # ------------------------------------------------------------------ inference
+    def encode(self, X, *, batch_rows: int | None = None) -> torch.Tensor:
+        """Codes of every row: (N, L) int64 tensor on the CPU.
+
+        X: anything ``fit`` accepts. Rows are processed in blocks of ``batch_rows`` (default 2048),
+        all levels fused per block; float32 C-contiguous input is read in place, never copied.
+        """
+        self._check_fitted()
+        src = make_source(X)
+        out = [codes for codes, _, _ in self._encode_blocks(src, batch_rows)]
+        if not out:
+            raise EmptyInputError("embeddings are empty: the batches yielded no rows")
+        return torch.cat(out)
+
+    def _encode_blocks(self, src: Source, batch_rows: int | None = None, with_residual=False):
+        """Yield (codes (b, L) int64 CPU, residual norms list or None, input block) per block."""
+        dev = self._device
+        dim = self.n_features_in_
+        rows = batch_rows or ENCODE_ROWS
+        chunk_rows = max(rows, (DEFAULT_CHUNK_BYTES // (4 * dim)) // rows * rows)
+        if src.dim is not None:  # an iterable's width is known only once read
+            check_batch(torch.empty(0, src.dim), dim)
+        work = torch.empty(rows, dim, device=dev)
+        for chunk in src.chunks(chunk_rows, copy=False):
+            if chunk.shape[1] != dim:
+                check_batch(chunk[:0], dim)
+            chunk = chunk.to(dev)
+            for a in range(0, chunk.shape[0], rows):
+                blk = chunk[a:a + rows]
+                codes = torch.empty(blk.shape[0], len(self._books), dtype=torch.int64, device=dev)
+                norms: list[torch.Tensor] | None = [] if with_residual else None
+                self._encoder.encode(blk, codes, work, norms)
+                yield codes.cpu(), norms, blk
+
+    def predict(self, X) -> torch.Tensor:
+        """Alias of :meth:`encode` (scikit-learn naming)."""
+        return self.encode(X)
+
+    def decode(self, codes) -> torch.Tensor:
+        """Reconstruction from codes (N, L) -> (N, D) float32.
+
+        Plain residuals: the sum of the selected centroids. With ``normalize_residuals`` the
+        residual norms are not stored, so the reconstruction of the *unit-normalised* input uses the
+        mean residual norm of each level seen in training: ``c_1 + s_2 (c_2 + s_3 (c_3 ...))``.
+        """
+        self._check_fitted()
+        c = torch.as_tensor(codes)
+        if c.ndim != 2 or c.shape[1] != len(self.codebooks_):
+            raise InvalidCodesError(
+                f"codes must have shape (N, {len(self.codebooks_)}), got {tuple(c.shape)}")
+        if c.dtype.is_floating_point:
+            raise InvalidCodesError(f"codes must be integers, got dtype {c.dtype}")
+        c = c.to(torch.int64)
+        for lv, k in enumerate(self.codebook_sizes_):
+            col = c[:, lv]
+            if col.numel() and (int(col.min()) < 0 or int(col.max()) >= k):
+                raise InvalidCodesError(
+                    f"codes at level {lv + 1} must lie in 0..{k - 1}, got values in "
+                    f"{int(col.min())}..{int(col.max())}")
+        c = c.to(self._device)
+        out = torch.zeros(c.shape[0], self.n_features_in_, device=self._device)
+        for lv in reversed(range(len(self.codebooks_))):
+            if self.normalize_residuals and lv + 1 < len(self.codebooks_):
+                out.mul_(float(self.residual_scales_[lv + 1]))
+            out.add_(self.codebooks_[lv].index_select(0, c[:, lv]))
+        return out.cpu()
+
+    def quality(self, X) -> QualityReport:
+        """Quality report over a whole data set (streamed): see :class:`QualityReport`."""
+        self._check_fitted()
+        src = make_source(X)
+        L = len(self._books)
+        level_sq = torch.zeros(L + 1, dtype=torch.float64)
+        total_sq = 0.0
+        n = 0
+        codes_all = []
+        for codes, norms, orig in self._encode_blocks(src, with_residual=True):
+            for lv in range(L + 1):
+                level_sq[lv] += float(norms[lv].double().sum())
+            if self.normalize_residuals:
+                total_sq += float(orig.shape[0])  # the target is the unit-normalised input
+            else:
+                total_sq += float((orig.double() ** 2).sum())
+            n += codes.shape[0]
+            codes_all.append(codes.numpy())
+        if n == 0:
+            raise EmptyInputError("embeddings are empty: the batches yielded no rows")
+        codes_np = np.concatenate(codes_all)
+        rel = self._relative_error(src) if self.normalize_residuals else \
+            float(level_sq[L]) / max(total_sq, 1e-30)
+        stats = code_statistics(codes_np, self.codebook_sizes_)
+        inertia = [float(level_sq[lv + 1]) for lv in range(L)]
+        return QualityReport(n_items=n, inertia=inertia, relative_error=rel, **stats)
+
+    def _relative_error(self, src: Source) -> float:
+        """||x' - decode(encode(x))||^2 / ||x'||^2 with x' the unit-normalised input."""
+        err = 0.0
+        n = 0
+        for chunk in src.chunks(8192):
+            x = chunk.to(self._device)
+            normalize_rows_(x)
+            codes = self.encode(x)
+            err += float(((x.cpu() - self.decode(codes)) ** 2).double().sum())
+            n += x.shape[0]
+        return err / max(n, 1)
+
+    # ------------------------------------------------------------------ state
+    def save(self, path) -> None:
+        """Write the fitted codebooks to an ``.npz`` file: raw float32 arrays plus a JSON header
+        (format, shapes, options). Nothing in it needs pickle to read; zip CRCs check the bytes."""
+        self._check_fitted()
+        header = {"format": SAVE_FORMAT, "n_features": self.n_features_in_,
+                  "codebook_sizes": self.codebook_sizes_,
+                  "normalize_residuals": bool(self.normalize_residuals),
+                  "residual_scales": [float(v) for v in self.residual_scales_]}
+        arrays = {f"codebook_{i}": c for i, c in enumerate(self.get_codebooks())}
+        np.savez(path, header=np.array(json.dumps(header)), **arrays)
+
+    @classmethod
+    def load(cls, path, *, device: str | torch.device = "cpu") -> "ResidualKMeans":
+        """Read a model written by :meth:`save` (never unpickles); checks shapes against the
+        header."""
+        with np.load(path, allow_pickle=False) as f:
+            try:
+                header = json.loads(str(f["header"]))
+            except (KeyError, ValueError) as exc:
+                raise InvalidCodesError(f"{path} is not a semid_index model file: {exc}") from None
+            if header.get("format") != SAVE_FORMAT:
+                raise InvalidCodesError(
+                    f"{path} has format {header.get('format')!r}, expected {SAVE_FORMAT!r}")
+            books = [f[f"codebook_{i}"] for i in range(len(header["codebook_sizes"]))]
+        for i, (b, k) in enumerate(zip(books, header["codebook_sizes"])):
+            if b.dtype != np.float32 or b.shape != (k, header["n_features"]):
+                raise InvalidCodesError(
+                    f"{path}: codebook {i + 1} has shape {b.shape} and dtype {b.dtype}, header "
+                    f"says ({k}, {header['n_features']}) float32")
+        return cls.from_codebooks(books, normalize_residuals=header["normalize_residuals"],
+                                  residual_scales=header["residual_scales"], device=device)
+
+    def get_codebooks(self) -> list[np.ndarray]:
+        """Codebooks as float32 numpy arrays, one (K_l, D) array per level."""
+        self._check_fitted()
+        return [c.detach().cpu().numpy().astype(np.float32, copy=True) for c in self.codebooks_]
