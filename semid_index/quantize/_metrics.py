@@ -68,10 +68,14 @@ def code_statistics(codes: np.ndarray, codebook_sizes: Sequence[int]) -> dict:
     n, n_levels = codes.shape
     levels = []
     for lv, k in enumerate(codebook_sizes):
-        counts = np.bincount(codes[:, lv], minlength=k).astype(np.float64)
-        p = counts[counts > 0] / n
+        if k <= 4 * n + 1024:
+            counts = np.bincount(codes[:, lv], minlength=k)
+            counts = counts[counts > 0].astype(np.float64)
+        else:  # a huge codebook: count only the codes that occur
+            counts = np.unique(codes[:, lv], return_counts=True)[1].astype(np.float64)
+        p = counts / n
         ent = float(-(p * np.log2(p)).sum())
-        used = int((counts > 0).sum())
+        used = int(len(counts))
         levels.append(LevelStats(lv + 1, int(k), used, int(k) - used, used / k, ent,
                                  float(2.0 ** ent), float(counts.max() / n)))
     unique_share = []
