@@ -79,10 +79,6 @@ class Source:
 
     dim: int
     n_rows: int | None
-    #: True if rows can be addressed by index (random batches, sampling, residual buffers).
-    random_access: bool = False
-    #: True if shuffled chunks mix rows from the whole source (False: read in the given order).
-    shuffles: bool = False
 
     def chunks(self, rows: int, generator: torch.Generator | None = None,
                copy: bool = True) -> Iterator[torch.Tensor]:
@@ -117,9 +113,6 @@ class Source:
 
 class ArraySource(Source):
     """Rows held in memory (a tensor, an ndarray, or a memmap read by slicing)."""
-
-    random_access = True
-    shuffles = True
 
     def __init__(self, data, name: str = "embeddings"):
         if isinstance(data, torch.Tensor):
@@ -338,9 +331,6 @@ class IterableSource(Source):
             raise EmptyInputError(f"{self.name} are empty: the batches yielded no rows")
         res = torch.from_numpy(res[:filled].copy())
         return res[torch.randperm(filled, generator=generator)], None  # any prefix is uniform
-
-    def materialize(self):
-        return torch.cat(list(self.chunks(1 << 20)))
 
 
 def make_source(data, name: str = "embeddings") -> Source:
