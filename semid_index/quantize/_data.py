@@ -1,13 +1,12 @@
 """Input handling: validation and streaming sources of embedding rows.
 
-A *source* hands the training loop float32 CPU tensors of shape (rows, D), validated (finite, right
-width), either in random order (chunks shuffled, rows shuffled inside a chunk) or in storage order.
-Three kinds exist:
+A *source* hands ``fit`` / ``encode`` float32 CPU tensors of shape (rows, D), validated (finite,
+right width), in storage order or shuffled, and draws uniform samples. Three kinds exist:
 
 * in-memory arrays (``torch.Tensor`` or ``numpy.ndarray``), read by row slices;
 * files on disk: a top-level ``numpy.memmap`` (e.g. ``np.load(path, mmap_mode="r")``) is read with
-  plain file reads into a reusable buffer, so the pages of a file larger than RAM never pile up in
-  the process' resident set;
+  plain file reads (``pread``), so the pages of a file larger than RAM never pile up in the
+  process' resident set;
 * re-iterable collections of batches (a list, a ``DataLoader``, or a zero-argument callable that
   returns a fresh iterator), read in the order they come.
 """
@@ -89,19 +88,18 @@ class Source:
         """
         raise NotImplementedError
 
-    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, np.ndarray | None]:
-        """``min(n, n_rows)`` distinct rows drawn uniformly at random, in random order.
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``min(n, n_rows)`` distinct rows drawn uniformly at random, in random order: (n, D).
 
-        Returns (rows (n, D), their row numbers (n,) or None when the source has no row numbers).
         Any prefix of the result is itself a uniform sample.
         """
         n = min(n, self.n_rows)
         perm = torch.randperm(self.n_rows, generator=generator)[:n]
         if n == self.n_rows:
-            return self.materialize()[perm], perm.numpy()
+            return self.materialize()[perm]
         order = perm.sort()
         rows = self._take(order.values.numpy())  # sorted reads, then back to random order
-        return rows[torch.argsort(order.indices)], perm.numpy()
+        return rows[torch.argsort(order.indices)]
 
     def _take(self, idx: np.ndarray) -> torch.Tensor:
         raise NotImplementedError
@@ -330,7 +328,7 @@ class IterableSource(Source):
         if res is None:
             raise EmptyInputError(f"{self.name} are empty: the batches yielded no rows")
         res = torch.from_numpy(res[:filled].copy())
-        return res[torch.randperm(filled, generator=generator)], None  # any prefix is uniform
+        return res[torch.randperm(filled, generator=generator)]  # any prefix is uniform too
 
 
 def make_source(data, name: str = "embeddings") -> Source:

@@ -249,7 +249,7 @@ class ResidualKMeans(CodesMixin):
         init_n = min(train_n, self.init_size or _default_init_size(max(sizes), src.dim))
         # one uniform sample in random order (any prefix of it is uniform too) trains every level:
         # the first init_n rows seed it, mini-batches and Lloyd iterations run over all of it
-        x = src.sample(train_n, gen)[0].to(self._device)
+        x = src.sample(train_n, gen).to(self._device)
         self._variance = float(x.var(0).mean()) if x.shape[0] > 1 else 1.0
         if self.train_layer_wise:
             for lv in range(len(sizes)):
