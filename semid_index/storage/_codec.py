@@ -21,7 +21,7 @@ import struct
 
 import numpy as np
 
-from ..errors import SemanticIdError
+from ..errors import ConfigError, SemanticIdError
 
 MAGIC = b"SEMIDARR"
 VERSION = 1
@@ -40,9 +40,9 @@ def encode_array(array: np.ndarray) -> bytes:
     a = np.asarray(a, dtype=le, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
     code = a.dtype.str
     if code not in ALLOWED_DTYPES:
-        raise CorruptBlobError(f"dtype {a.dtype} cannot be stored; allowed: {ALLOWED_DTYPES}")
+        raise ConfigError(f"dtype {a.dtype} cannot be stored; allowed: {ALLOWED_DTYPES}")
     if a.ndim > _MAX_NDIM:
-        raise CorruptBlobError(f"arrays of {a.ndim} dimensions cannot be stored (max {_MAX_NDIM})")
+        raise ConfigError(f"arrays of {a.ndim} dimensions cannot be stored (max {_MAX_NDIM})")
     payload = a.tobytes(order="C")
     head = MAGIC + struct.pack("<HB", VERSION, len(code)) + code.encode("ascii")
     head += struct.pack("<B", a.ndim) + struct.pack(f"<{a.ndim}Q", *a.shape)
