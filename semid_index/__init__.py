@@ -11,6 +11,7 @@ import importlib
 
 from .errors import (ConfigError, DimensionMismatchError, EmptyInputError, InvalidCodesError,
                      NonFiniteError, NotFittedError, SemanticIdError, TooFewItemsError)
+from .ids import SemanticId
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ _LAZY = {
 
 __all__ = [
     "__version__",
+    "SemanticId",
     "SemanticIdError",
     "ConfigError",
     "DimensionMismatchError",

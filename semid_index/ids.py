@@ -1,0 +1,87 @@
+"""The ``SemanticId`` value type: L level codes plus a disambiguation suffix.
+
+>>> sid = SemanticId((12, 201, 7), 0)
+>>> str(sid)
+'12-201-7-0'
+>>> SemanticId.parse("12-201-7-0") == sid
+True
+>>> sid.prefix(2)
+(12, 201)
+>>> sid.tokens()
+'<a_12><b_201><c_7><d_0>'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+__all__ = ["SemanticId"]
+
+_PART = re.compile(r"^(0|[1-9][0-9]*)$")
+
+
+@dataclass(frozen=True, order=True)
+class SemanticId:
+    """An item's semantic ID: ``levels`` (c_1, ..., c_L) and the collision ``suffix`` (0..n-1).
+
+    Items whose L codes are equal share a prefix of every depth and are told apart by the suffix.
+    Instances are immutable, hashable and ordered like their string form's numbers.
+    """
+
+    levels: tuple[int, ...]
+    suffix: int = 0
+
+    def __post_init__(self):
+        levels = tuple(self.levels)
+        if not levels:
+            raise ConfigError("a semantic ID needs at least one level")
+        for v in (*levels, self.suffix):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"semantic ID parts must be non-negative ints, got {v!r}")
+        object.__setattr__(self, "levels", levels)
+
+    @property
+    def depth(self) -> int:
+        """Number of levels L (the suffix not counted)."""
+        return len(self.levels)
+
+    def prefix(self, k: int) -> tuple[int, ...]:
+        """The first k level codes, 1 <= k <= L."""
+        if not 1 <= k <= len(self.levels):
+            raise ConfigError(f"prefix depth must be in 1..{len(self.levels)}, got {k}")
+        return self.levels[:k]
+
+    def tokens(self) -> str:
+        """Token string for a generative model: ``<a_12><b_201><c_7><d_0>`` (suffix last)."""
+        parts = (*self.levels, self.suffix)
+        return "".join(f"<{_letter(i)}_{v}>" for i, v in enumerate(parts))
+
+    def __str__(self) -> str:
+        return "-".join(map(str, (*self.levels, self.suffix)))
+
+    @classmethod
+    def parse(cls, text: str, n_levels: int | None = None) -> "SemanticId":
+        """Parse ``"12-201-7-0"`` (levels then suffix). ``n_levels`` checks the depth."""
+        parts = str(text).strip().split("-")
+        if len(parts) < 2 or not all(_PART.match(p) for p in parts):
+            raise ConfigError(
+                f"malformed semantic ID {text!r}: expected non-negative integers joined by '-', "
+                "levels then suffix, e.g. '12-201-7-0'")
+        values = [int(p) for p in parts]
+        sid = cls(tuple(values[:-1]), values[-1])
+        if n_levels is not None and sid.depth != n_levels:
+            raise ConfigError(f"semantic ID {text!r} has {sid.depth} levels, expected {n_levels}")
+        return sid
+
+
+def _letter(i: int) -> str:
+    """a, b, ..., z, aa, ab, ... for token names."""
+    out = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        out = chr(97 + r) + out
+    return out
