@@ -29,6 +29,7 @@ to it. With ``train_layer_wise=True`` level l trains for ``steps_per_layer`` ste
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -194,8 +195,10 @@ class ResidualQuantization(nn.Module):
     def __init__(self, n_layers: int = 3, quantization_layer: MiniBatchKMeans | None = None,
                  init_buffer_size: int | None = None, normalize_residuals: bool = True,
                  train_layer_wise: bool = False, steps_per_layer: int = 10, seed: int = 0,
-                 **unused: Any):
+                 **ignored: Any):
         super().__init__()
+        if ignored:  # GRID's module takes Lightning-era arguments that have no meaning here
+            warnings.warn(f"ResidualQuantization ignores {sorted(ignored)}", stacklevel=2)
         if n_layers < 1:
             raise ConfigError(f"n_layers must be >= 1, got {n_layers}")
         layer = quantization_layer or MiniBatchKMeans()

@@ -115,3 +115,8 @@ def test_grid_parity_first_update_is_the_batch_mean():
     got = sorted(m.codebooks_[0].tolist())
     want = sorted([xn[:2].mean(0).tolist(), xn[2:].mean(0).tolist()])
     assert np.allclose(got, want, atol=1e-6)
+
+
+def test_unknown_arguments_are_reported_not_silently_dropped():
+    with pytest.warns(UserWarning, match=r"ignores \['optimizer'\]"):
+        ResidualQuantization(n_layers=2, quantization_layer=MiniBatchKMeans(8, 4), optimizer="adam")
