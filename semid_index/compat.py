@@ -38,7 +38,7 @@ from torch import nn
 from .errors import ConfigError, NotFittedError
 from .quantize import ResidualKMeans, kmeans_plusplus
 from .quantize._data import as_float_tensor, check_batch
-from .quantize._kernels import normalize_rows_, sq_dists
+from .quantize._kernels import encode_block, sq_dists
 
 __all__ = [
     "ResidualQuantization",
@@ -271,11 +271,9 @@ class ResidualQuantization(nn.Module):
         levels = [lv for lv in getattr(self.model, "_levels", []) if lv is not None]
         if not levels:
             return torch.tensor(float("nan"))
-        r = x.to(levels[0].centroids.device).clone()
-        for state in levels:
-            if self.normalize_residuals:
-                normalize_rows_(r)
-            r.sub_(state.centroids.index_select(0, state.book.nearest(r)))
+        r = x.to(levels[0].centroids.device, copy=True)
+        codes = torch.empty(r.shape[0], len(levels), dtype=torch.int64, device=r.device)
+        r = encode_block(r, [lv.book for lv in levels], self.normalize_residuals, codes)
         return (r * r).sum(1).mean()
 
     def forward(self, x: torch.Tensor):

@@ -267,7 +267,6 @@ class ResidualKMeans(CodesMixin):
         self._levels: list[KMeansLevel | None] = [None] * len(sizes)
         self._scales = [0.0] * len(sizes)
         self._buffers: list[list[torch.Tensor]] = [[] for _ in sizes]
-        self._n_steps = 0
         self._n_train = 1 << 62  # streaming (partial_fit): the data size is unknown
         self.history_: list[FitLog] = []
 
@@ -316,7 +315,7 @@ class ResidualKMeans(CodesMixin):
                 lab, dist = level.book.nearest(batch, with_dist=True)
                 shift = level.step(batch, lab, dist, gen, self.reassign_empty)
                 steps += 1
-                stopper.update(float(dist.mean()), shift, batch.shape[0])
+                stopper.update(float(dist.mean()), shift)
                 bar.update()
         self._polish_level(lv, x, steps, stopper.stopped)
 
@@ -356,16 +355,9 @@ class ResidualKMeans(CodesMixin):
         for batch in self._batches(x, gen):
             if steps >= budget or stopper.stopped:
                 break
-            shift = 0.0
-            for level in self._levels:
-                if self.normalize_residuals:
-                    normalize_rows_(batch)
-                lab, dist = level.book.nearest(batch, with_dist=True)
-                resid = batch - level.centroids.index_select(0, lab)
-                shift += level.step(batch, lab, dist, gen, self.reassign_empty)
-                batch = resid
+            shift, resid = self._partial_step(batch, None, gen)
             steps += 1
-            stopper.update(float(row_sq_norms(batch).mean()), shift, batch.shape[0])
+            stopper.update(float(row_sq_norms(resid).mean()), shift)
         # polish level by level: each level's Lloyd result fixes the next level's input
         for lv in range(len(self._levels)):
             self._normalize_input(lv, x)
@@ -414,14 +406,19 @@ class ResidualKMeans(CodesMixin):
         check_batch(x, self.n_features_in_, expected_from="the model was trained with")
         if level is not None and not 0 <= level < len(sizes):
             raise ConfigError(f"level must be in 0..{len(sizes) - 1}, got {level}")
-        self._partial_step(x.to(self._device), level, self._gen)
+        self._partial_step(x.to(self._device, copy=True), level, self._gen)  # never the caller's
         if all(lv is not None for lv in self._levels):
             self._finish()
         return self
 
-    def _partial_step(self, x: torch.Tensor, level: int | None, gen) -> None:
-        x = x.clone()
+    def _partial_step(self, x: torch.Tensor, level: int | None, gen):
+        """One streaming update with x (B, D), which is overwritten: every level (``level=None``)
+        or only ``level``; a level not seeded yet buffers the rows instead.
+
+        Returns (summed centre shift, residual after the last level updated).
+        """
         last = len(self._levels) - 1 if level is None else level
+        shift = 0.0
         for lv in range(last + 1):
             state = self._levels[lv]
             if self.normalize_residuals:
@@ -431,13 +428,13 @@ class ResidualKMeans(CodesMixin):
                     raise NotFittedError(
                         f"level {lv} is not seeded yet; train level {lv} before level {level}")
                 self._buffer_rows(lv, x, gen, norms if self.normalize_residuals else None)
-                return
+                return shift, x
             lab, dist = state.book.nearest(x, with_dist=True)
             resid = x - state.centroids.index_select(0, lab)
             if level is None or lv == level:
-                state.step(x, lab, dist, gen, self.reassign_empty)
+                shift += state.step(x, lab, dist, gen, self.reassign_empty)
             x = resid
-        self._n_steps += 1
+        return shift, x
 
     def _buffer_rows(self, lv: int, x: torch.Tensor, gen, norms) -> None:
         k = self.codebook_sizes_[lv]
@@ -510,7 +507,7 @@ class _EarlyStop:
         self.no_improvement = 0
         self.stopped = False
 
-    def update(self, batch_inertia: float, shift: float, batch_rows: int) -> bool:
+    def update(self, batch_inertia: float, shift: float) -> bool:
         self.ewa = batch_inertia if self.ewa is None else \
             self.ewa * (1 - self.alpha) + batch_inertia * self.alpha
         if self.tol > 0 and shift <= self.tol:
