@@ -1,7 +1,8 @@
 """semid_index: hierarchical semantic IDs from item embeddings.
 
-The quantizer lives in :mod:`semid_index.quantize`; the seed module's names
-(``ResidualQuantization``, ``MiniBatchKMeans``, ...) in :mod:`semid_index.compat`. Both are imported
+The persistent index is :class:`SemanticIdIndex` (:mod:`semid_index.index`), the quantizer
+:mod:`semid_index.quantize`, the store :mod:`semid_index.storage`; the seed module's names
+(``ResidualQuantization``, ``MiniBatchKMeans``, ...) in :mod:`semid_index.compat`. All are imported
 lazily so that ``import semid_index`` stays cheap (no torch) for processes that only look IDs up.
 """
 
@@ -9,13 +10,22 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import (ConfigError, DimensionMismatchError, EmptyInputError, InvalidCodesError,
-                     NonFiniteError, NotFittedError, SemanticIdError, TooFewItemsError)
+from .errors import (ConfigError, DimensionMismatchError, DuplicateKeyError, EmptyInputError,
+                     IndexExistsError, IndexNotFoundError, InvalidCodesError, ItemConflictError,
+                     NonFiniteError, NotFittedError, SchemaError, SemanticIdError,
+                     StoreClosedError, TooFewItemsError, UnknownItemError)
 from .ids import SemanticId
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "SemanticIdIndex": "semid_index.index",
+    "IndexedItem": "semid_index._results",
+    "PrefixPage": "semid_index._results",
+    "SimilarItem": "semid_index._results",
+    "IdChange": "semid_index._results",
+    "IndexStats": "semid_index._results",
+    "VersionInfo": "semid_index._results",
     "ResidualKMeans": "semid_index.quantize",
     "QualityReport": "semid_index.quantize",
     "ResidualQuantization": "semid_index.compat",
@@ -35,6 +45,13 @@ __all__ = [
     "TooFewItemsError",
     "NotFittedError",
     "InvalidCodesError",
+    "UnknownItemError",
+    "DuplicateKeyError",
+    "ItemConflictError",
+    "IndexNotFoundError",
+    "IndexExistsError",
+    "SchemaError",
+    "StoreClosedError",
     *_LAZY,
 ]
 

@@ -43,6 +43,14 @@ class SemanticId:
                 raise ConfigError(f"semantic ID parts must be non-negative ints, got {v!r}")
         object.__setattr__(self, "levels", levels)
 
+    @classmethod
+    def _trusted(cls, levels: tuple[int, ...], suffix: int) -> "SemanticId":
+        """Build without validation, for values read from the store (hot path)."""
+        sid = object.__new__(cls)
+        object.__setattr__(sid, "levels", levels)
+        object.__setattr__(sid, "suffix", suffix)
+        return sid
+
     @property
     def depth(self) -> int:
         """Number of levels L (the suffix not counted)."""

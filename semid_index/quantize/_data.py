@@ -70,7 +70,8 @@ def check_batch(t: torch.Tensor, dim: int | None, *, row_offset: int = 0, name: 
             first = int(np.argmin(rows))
             raise NonFiniteError(
                 f"{name} contain {bad.shape[0]} non-finite value(s) (NaN/inf); first at row "
-                f"{int(rows[first])}, column {int(bad[first, 1])}")
+                f"{int(rows[first])}, column {int(bad[first, 1])}",
+                row=int(rows[first]), column=int(bad[first, 1]))
 
 
 class Source:

@@ -1,0 +1,1 @@
+"""Alembic revisions of the semid_index schema, oldest first."""

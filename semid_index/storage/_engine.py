@@ -1,0 +1,132 @@
+"""Engines and transactions for SQLite and PostgreSQL.
+
+SQLite files are opened in WAL mode (readers never block the one writer) with a busy timeout,
+and every write transaction starts with ``BEGIN IMMEDIATE`` so two writers queue on the lock
+instead of failing half-way with "database is locked" when a reader upgrades to a writer.
+On PostgreSQL a write transaction locks its index's row (``SELECT ... FOR UPDATE``), which orders
+concurrent writers of one index; see ``Store.lock_index``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from sqlalchemy import create_engine, event, exc
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from ..errors import ConfigError, SchemaError, StoreClosedError
+
+log = logging.getLogger("semid_index.storage")
+
+SUPPORTED = ("sqlite", "postgresql")
+DEFAULT_BUSY_TIMEOUT = 60.0
+
+
+def _sqlite_pragmas(busy_timeout: float):
+    def on_connect(dbapi_conn, _record):
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        cur.execute("PRAGMA foreign_keys = ON")
+        mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode not in ("wal", "memory"):
+            cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")  # durable at each WAL checkpoint; safe in WAL
+        cur.close()
+    return on_connect
+
+
+def make_engine(target, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> tuple[Engine, bool]:
+    """(engine, owned) for a URL string / ``sqlalchemy.URL`` or an existing Engine.
+
+    An Engine passed in is used as is (SQLite pragmas are added to its new connections) and is
+    not disposed by ``Store.close``.
+    """
+    if isinstance(target, Engine):
+        engine, owned = target, False
+    else:
+        try:
+            url = make_url(str(target) if not hasattr(target, "drivername") else target)
+        except exc.ArgumentError as e:
+            raise ConfigError(f"not a database URL: {target!r} ({e})") from None
+        backend = url.get_backend_name()
+        if backend not in SUPPORTED:
+            raise ConfigError(f"unsupported database {backend!r} in {url!r}: use sqlite:/// or "
+                              "postgresql+psycopg://")
+        kwargs = {}
+        if backend == "sqlite":
+            kwargs["connect_args"] = {"timeout": busy_timeout}
+        elif url.drivername == "postgresql":
+            url = url.set(drivername="postgresql+psycopg")  # psycopg 3: COPY and binary params
+        engine, owned = create_engine(url, **kwargs), True
+    if engine.dialect.name not in SUPPORTED:
+        raise ConfigError(f"unsupported database {engine.dialect.name!r}: semid_index runs on "
+                          "SQLite and PostgreSQL")
+    if engine.dialect.name == "sqlite" and not getattr(engine, "_semid_pragmas", False):
+        event.listen(engine, "connect", _sqlite_pragmas(busy_timeout))
+        engine._semid_pragmas = True
+    return engine, owned
+
+
+def describe(engine: Engine) -> str:
+    """The engine's URL without its password, for messages."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+class Transactions:
+    """Connections from one engine: ``read()`` and ``write()`` context managers."""
+
+    def __init__(self, engine: Engine, owned: bool):
+        self.engine = engine
+        self._owned = owned
+        self.closed = False
+        self.url = describe(engine)
+        self.dialect = engine.dialect.name
+
+    def close(self) -> None:
+        if not self.closed and self._owned:
+            self.engine.dispose()
+        self.closed = True
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StoreClosedError(f"the index on {self.url} is closed")
+
+    @contextlib.contextmanager
+    def read(self, snapshot: bool = False) -> Iterator[Connection]:
+        """A connection for reading. ``snapshot`` makes several statements see one state (on
+        SQLite an explicit ``BEGIN``; PostgreSQL uses REPEATABLE READ)."""
+        self._check_open()
+        with _wrap_errors(self.url), self.engine.connect() as conn:
+            if snapshot:
+                if self.dialect == "sqlite":
+                    conn.exec_driver_sql("BEGIN")
+                else:
+                    conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One transaction: committed when the block ends, rolled back when it raises."""
+        self._check_open()
+        with _wrap_errors(self.url), self.engine.connect() as conn:
+            with conn.begin():
+                if self.dialect == "sqlite":
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                yield conn
+
+
+@contextlib.contextmanager
+def _wrap_errors(url: str):
+    """Turn "this is not a database" driver errors into SchemaError naming the URL."""
+    try:
+        yield
+    except exc.DatabaseError as e:
+        text = str(getattr(e, "orig", e))
+        if "file is not a database" in text or "file is encrypted" in text:
+            raise SchemaError(f"{url} is not a SQLite database ({text})") from None
+        raise
