@@ -30,9 +30,9 @@ def item_keys(keys, *, allow_duplicates: bool = False) -> list[str]:
             s = str(int(k))
         else:
             raise ConfigError(f"item keys must be str or int; key #{i} is {type(k).__name__} {k!r}")
-        if not s or len(s) > MAX_KEY_LENGTH:
-            raise ConfigError(f"item key #{i} {s[:40]!r} must have 1..{MAX_KEY_LENGTH} characters, "
-                              f"has {len(s)}")
+        if not s or len(s) > MAX_KEY_LENGTH or "\x00" in s:
+            raise ConfigError(f"item key #{i} {s[:40]!r} must have 1..{MAX_KEY_LENGTH} characters "
+                              f"and no NUL, has {len(s)}")
         out.append(s)
     if not allow_duplicates and len(set(out)) != len(out):
         dup = [k for k, n in Counter(out).items() if n > 1]

@@ -289,6 +289,7 @@ class SemanticIdIndex:
             self._store.insert_items(conn, rec.id, version, keys, packed, suffixes, fps,
                                      progress=bar.update)
             self._store.activate(conn, rec.id, version, int(x.shape[1]))
+            self._store.analyze(conn)
         self._model_cache = (version, model)
         self._refresh()
         log.info("index %r: version %d active with %d items (%d share all codes with another)",

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from itertools import islice, repeat
 
 import numpy as np
-from sqlalchemy import bindparam, delete, func, insert, null as null_, or_, select, union_all, update
+from sqlalchemy import bindparam, delete, func, insert, null as null_, or_, select, text, union_all, update
 from sqlalchemy.engine import Connection
 
 from ..errors import IndexExistsError, IndexNotFoundError
@@ -137,6 +137,12 @@ class Store(Transactions):
         conn.execute(update(indexes).where(indexes.c.id == index_id)
                      .values(active_version=version, dim=dim))
 
+    def analyze(self, conn: Connection) -> None:
+        """Refresh the planner's statistics of the items table after a bulk load (PostgreSQL;
+        SQLite's planner needs none for these queries)."""
+        if self.dialect == "postgresql":
+            conn.exec_driver_sql("ANALYZE semid_items")
+
     def list_versions(self, conn: Connection, index: IndexRecord) -> list[VersionRecord]:
         rows = conn.execute(select(versions).where(versions.c.index_id == index.id)
                             .order_by(versions.c.version)).mappings()
@@ -191,11 +197,19 @@ class Store(Transactions):
                        keys: Sequence[str]) -> dict[str, tuple[bytes, int, int]]:
         """key -> (code, suffix, fingerprint) for those of ``keys`` already in the version."""
         out = {}
-        stmt = select(items.c.item_key, items.c.code, items.c.suffix, items.c.fingerprint).where(
-            items.c.index_id == index_id, items.c.version == version,
-            items.c.item_key.in_(bindparam("keys", expanding=True)))
-        for a in range(0, len(keys), IN_CHUNK):
-            for k, code, suffix, fp in conn.execute(stmt, {"keys": list(keys[a:a + IN_CHUNK])}):
+        if self.dialect == "postgresql":
+            # one probe of the primary key per key: with stale statistics (a table just filled
+            # in this transaction) the planner may otherwise walk the code index instead
+            stmt, chunk = _PG_KEYS, 5000
+        else:
+            stmt, chunk = select(
+                items.c.item_key, items.c.code, items.c.suffix, items.c.fingerprint).where(
+                items.c.index_id == bindparam("i"), items.c.version == bindparam("v"),
+                items.c.item_key.in_(bindparam("keys", expanding=True))), IN_CHUNK
+        for a in range(0, len(keys), chunk):
+            rows = conn.execute(stmt, {"i": index_id, "v": version,
+                                       "keys": list(keys[a:a + chunk])})
+            for k, code, suffix, fp in rows:
                 out[k] = (bytes(code), suffix, fp)
         return out
 
@@ -334,6 +348,12 @@ class Store(Transactions):
             if len(rows) < chunk:
                 return
             last = rows[-1].item_key
+
+
+_PG_KEYS = text(
+    "SELECT q.k, s.code, s.suffix, s.fingerprint FROM unnest(CAST(:keys AS text[])) AS q(k) "
+    "JOIN LATERAL (SELECT code, suffix, fingerprint FROM semid_items WHERE index_id = :i AND "
+    "version = :v AND item_key = q.k) AS s ON true")
 
 
 def _range(col, lo: bytes, hi: bytes | None) -> list:
