@@ -47,8 +47,9 @@ class SemanticId:
     def _trusted(cls, levels: tuple[int, ...], suffix: int) -> "SemanticId":
         """Build without validation, for values read from the store (hot path)."""
         sid = object.__new__(cls)
-        object.__setattr__(sid, "levels", levels)
-        object.__setattr__(sid, "suffix", suffix)
+        state = sid.__dict__  # frozen: the instance dict is written directly, once
+        state["levels"] = levels
+        state["suffix"] = suffix
         return sid
 
     @property

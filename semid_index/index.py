@@ -28,6 +28,7 @@ log = logging.getLogger("semid_index")
 
 __all__ = ["SemanticIdIndex"]
 
+_new_tuple = tuple.__new__  # NamedTuple construction without the Python-level __new__
 ENCODE_BLOCK = 65_536  # rows encoded (and fingerprinted) per block
 ADD_CHUNK = 10_000  # keys checked / inserted per statement group inside one add transaction
 ON_CONFLICT = ("error", "keep", "reassign")
@@ -314,9 +315,15 @@ class SemanticIdIndex:
         if on_conflict not in ON_CONFLICT:
             raise ConfigError(f"on_conflict must be one of {ON_CONFLICT}, got {on_conflict!r}")
         keys = _inputs.item_keys(keys)
-        version = self._require_version(None)
-        rec = self._record
-        x = _inputs.embedding_matrix(embeddings, len(keys), rec.dim)
+        rec = self._record  # the write transaction re-reads it under the lock
+        if rec.active_version is None:
+            self._require_version(None)  # refreshes; raises if never fitted
+            rec = self._record
+        x = _inputs.embedding_matrix(embeddings, len(keys))
+        if x.shape[1] != rec.dim:
+            rec = self._refresh()  # another process may have activated a refit
+            _inputs.embedding_matrix(x, len(keys), rec.dim)
+        version = rec.active_version
         model = self._model_for(version)
         codes, fps = self._encode_rows(model, x, keys, progress)
         packed = pack_codes(codes, rec.code_width)
@@ -489,10 +496,10 @@ class SemanticIdIndex:
             if sid.levels[:len(pre)] != pre:
                 raise ConfigError(f"cursor {cursor!r} does not belong to prefix {pre}")
             after = (pack_codes(np.array([sid.levels]), rec.code_width)[0], sid.suffix)
-        with self._store.read() as conn:
-            rows = self._store.prefix_page(conn, rec.id, version, lo, hi, limit + 1, after)
+        rows = self._store.fast_prefix_page(rec.id, version, lo, hi, limit + 1, after)
         decode = self._store.decoder(rec.n_levels, rec.code_width)
-        page = [IndexedItem(k, SemanticId._trusted(decode(c), s)) for k, c, s in rows[:limit]]
+        make_id, make_item = SemanticId._trusted, _new_tuple
+        page = [make_item(IndexedItem, (k, make_id(decode(c), s))) for k, c, s in rows[:limit]]
         more = len(rows) > limit
         return PrefixPage(page, str(page[-1].id) if more else None)
 

@@ -139,6 +139,13 @@ def _captured(idx):
         if "semid_items" in statement and statement.lstrip().upper().startswith("SELECT"):
             seen.append((statement, parameters))
     event.listen(idx._store.engine, "before_cursor_execute", grab)
+    readers = idx._store._readers  # the serving path's held connections: record, then run
+    fetchall = readers.fetchall
+
+    def recording(sql, params):
+        seen.append((sql, params))
+        return fetchall(sql, params)
+    readers.fetchall = recording
     return seen
 
 

@@ -33,6 +33,7 @@ def _sqlite_pragmas(busy_timeout: float):
         if mode not in ("wal", "memory"):
             cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")  # durable at each WAL checkpoint; safe in WAL
+        cur.execute("PRAGMA wal_autocheckpoint = 10000")
         cur.close()
     return on_connect
 

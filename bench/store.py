@@ -1,0 +1,266 @@
+"""Store benchmark: semid_index's database paths against the raw drivers, in one process.
+
+    python bench/store.py                       # SQLite, plus PostgreSQL if SEMID_TEST_PG_URL is set
+    python bench/store.py --n 200000 --pg-url postgresql+psycopg://semid:semid@127.0.0.1/semid_test
+
+One items table, N items whose codes come from a residual k-means trained on a Gaussian mixture
+(so prefixes and collisions look like a real catalog's). Measured, ours vs the raw driver on a
+table with the identical DDL:
+
+- bulk load rows/s: ``Store.insert_items`` (+ code packing, suffixes, version row, activation)
+  vs ``sqlite3.executemany`` / psycopg binary ``COPY`` of prebuilt rows, one transaction each;
+- prefix lookup p50/p99 at depths 1-3, limit 100: ``SemanticIdIndex.items_with_prefix`` vs the
+  same SELECT through the raw driver;
+- incremental add in batches of 1,000 new items, encoding included (``SemanticIdIndex.add``).
+
+Targets (issue 3): load >= 60% of raw on SQLite and >= 50% of raw COPY on PostgreSQL; prefix p50
+<= 3x raw and <= 0.5 ms on SQLite; add >= 20,000 items/s on SQLite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import make_url  # noqa: E402
+from sqlalchemy.schema import CreateIndex, CreateTable  # noqa: E402
+
+from semid_index import SemanticIdIndex  # noqa: E402
+from semid_index.datasets import gaussian_mixture  # noqa: E402
+from semid_index.storage import group_suffixes, pack_codes  # noqa: E402
+from semid_index.storage._schema import items  # noqa: E402
+
+COLS = "index_id, version, item_key, code, suffix, fingerprint"
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def catalog(n: int, dim: int, levels: int, k: int, seed: int):
+    """(model, codes (n, L), embeddings of 20k extra items for the add benchmark)."""
+    from semid_index.quantize import ResidualKMeans
+
+    x = gaussian_mixture(n + 20_000, dim, 500, seed=seed)
+    model = ResidualKMeans(levels, k, seed=seed).fit(x[:n])
+    codes = model.encode(x[:n]).numpy()
+    return model, codes, x[n:]
+
+
+def items_ddl(dialect, name: str) -> list[str]:
+    """Our items table's DDL, renamed: the raw baseline writes to an identical table."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    d = sqlite.dialect() if dialect == "sqlite" else postgresql.dialect()
+    out = [str(CreateTable(items).compile(dialect=d))]
+    out += [str(CreateIndex(ix).compile(dialect=d)) for ix in items.indexes]
+    return [s.replace("semid_items", name).replace("ix_" + name, "ix_raw").strip() for s in out]
+
+
+def rows_of(keys, packed, suffix):
+    return list(zip([1] * len(keys), [1] * len(keys), keys, packed, suffix.tolist(),
+                    [0] * len(keys)))
+
+
+# ---------------------------------------------------------------------------- bulk loads
+def ours_load(url: str, name: str, model, keys, codes) -> tuple[float, SemanticIdIndex]:
+    idx = SemanticIdIndex.create(url, name, n_levels=codes.shape[1],
+                                 codebook_size=list(model.codebook_sizes_))
+    store, rec = idx._store, idx._record
+    books = model.get_codebooks()
+    header = {"dim": model.n_features_in_, "codebook_sizes": list(model.codebook_sizes_),
+              "normalize_residuals": False,
+              "residual_scales": [float(s) for s in model.residual_scales_]}
+    t = time.perf_counter()
+    packed = pack_codes(codes, rec.code_width)
+    suffix = group_suffixes(packed)
+    with store.write() as conn:
+        v = store.add_version(conn, rec.id, books, header, len(keys))
+        store.insert_items(conn, rec.id, v, keys, packed, suffix,
+                           np.zeros(len(keys), dtype=np.int64))
+        store.activate(conn, rec.id, v, model.n_features_in_)
+        store.analyze(conn)
+    dt = time.perf_counter() - t
+    idx._refresh()
+    return dt, idx
+
+
+def raw_sqlite_load(path: str, rows) -> float:
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    for ddl in items_ddl("sqlite", "raw_items"):
+        con.execute(ddl)
+    t = time.perf_counter()
+    con.execute("BEGIN IMMEDIATE")
+    for a in range(0, len(rows), 50_000):
+        con.executemany(f"INSERT INTO raw_items ({COLS}) VALUES (?, ?, ?, ?, ?, ?)",
+                        rows[a:a + 50_000])
+    con.execute("COMMIT")
+    dt = time.perf_counter() - t
+    con.close()
+    return dt
+
+
+def pg_connect(url: str):
+    import psycopg
+
+    u = make_url(url)
+    return psycopg.connect(host=u.host, port=u.port or 5432, user=u.username,
+                           password=u.password, dbname=u.database)
+
+
+def raw_pg_load(url: str, rows) -> float:
+    con = pg_connect(url)
+    con.execute("DROP TABLE IF EXISTS raw_items")
+    for ddl in items_ddl("postgresql", "raw_items"):
+        con.execute(ddl)
+    con.commit()
+    t = time.perf_counter()
+    with con.cursor() as cur, cur.copy(f"COPY raw_items ({COLS}) FROM STDIN (FORMAT BINARY)") as cp:
+        cp.set_types(["int4", "int4", "text", "bytea", "int4", "int8"])
+        for r in rows:
+            cp.write_row(r)
+    con.commit()
+    dt = time.perf_counter() - t
+    con.execute("DROP TABLE raw_items")
+    con.commit()
+    con.close()
+    return dt
+
+
+# ---------------------------------------------------------------------------- prefix lookups
+def percentiles(ns: list[int]) -> tuple[float, float]:
+    a = np.asarray(ns) / 1000.0
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def time_prefix(idx: SemanticIdIndex, raw_query, prefixes, limit: int = 100):
+    """(ours p50, p99, raw p50, p99) in microseconds, interleaved query by query."""
+    rec = idx._record
+    ours, raw = [], []
+    for pre in prefixes:
+        t = time.perf_counter_ns()
+        page = idx.items_with_prefix(pre, limit=limit)
+        ours.append(time.perf_counter_ns() - t)
+        t = time.perf_counter_ns()
+        rows = raw_query(rec.id, rec.active_version, pre, limit)
+        raw.append(time.perf_counter_ns() - t)
+        if len(rows) != len(page):
+            raise SystemExit(f"raw and ours disagree on prefix {pre}: {len(rows)} vs {len(page)}")
+    return (*percentiles(ours), *percentiles(raw))
+
+
+PREFIX_SQL = ("SELECT item_key, code, suffix FROM semid_items WHERE index_id = {p} AND "
+              "version = {p} AND code >= {p} AND code < {p} ORDER BY code, suffix LIMIT {p}")
+
+
+def raw_prefix_fn(cursor, placeholder: str, width: int):
+    from semid_index.storage import prefix_range
+
+    sql = PREFIX_SQL.format(p=placeholder)
+
+    def run(index_id, version, pre, limit):
+        lo, hi = prefix_range(pre, width)
+        cursor.execute(sql, (index_id, version, lo, hi, limit))
+        return cursor.fetchall()
+    return run
+
+
+def time_adds(idx: SemanticIdIndex, x: np.ndarray, batch: int, n_batches: int, tag: str) -> float:
+    t = time.perf_counter()
+    for b in range(n_batches):
+        keys = [f"{tag}-{b}-{i}" for i in range(batch)]
+        idx.add(keys, x[b * batch:(b + 1) * batch])
+    return n_batches * batch / (time.perf_counter() - t)
+
+
+# ---------------------------------------------------------------------------- main
+def backend_run(kind: str, url: str, model, keys, codes, prefixes, extra, args, raw_conn_url):
+    packed = pack_codes(codes, 2)
+    rows = rows_of(keys, packed, group_suffixes(packed))
+    if kind == "sqlite":
+        raw_t = raw_sqlite_load(raw_conn_url, rows)
+    else:
+        raw_t = raw_pg_load(raw_conn_url, rows)
+    del rows
+    ours_t, idx = ours_load(url, "bench", model, keys, codes)
+    n = len(keys)
+    res = {"load_ours": n / ours_t, "load_raw": n / raw_t}
+    if kind == "sqlite":
+        con = sqlite3.connect(make_url(url).database)
+        raw = raw_prefix_fn(con.cursor(), "?", 2)
+    else:
+        con = pg_connect(url)
+        raw = raw_prefix_fn(con.cursor(), "%s", 2)
+    for depth in (1, 2, 3):
+        pres = [tuple(p) for p in prefixes[:, :depth].tolist()]
+        time_prefix(idx, raw, pres[:50])  # warm caches and prepared statements
+        res[f"prefix{depth}"] = time_prefix(idx, raw, pres)
+    con.close()
+    res["add"] = time_adds(idx, extra, 1000, args.add_batches, kind)
+    idx.close()
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=1_000_000, help="items in the table")
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--levels", type=int, default=3)
+    ap.add_argument("--k", type=int, default=256)
+    ap.add_argument("--queries", type=int, default=1000, help="prefix queries per depth")
+    ap.add_argument("--add-batches", type=int, default=20, help="batches of 1,000 new items")
+    ap.add_argument("--pg-url", default=os.environ.get("SEMID_TEST_PG_URL"),
+                    help="PostgreSQL database (default $SEMID_TEST_PG_URL; omit to skip)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    t = time.perf_counter()
+    model, codes, extra = catalog(args.n, args.dim, args.levels, args.k, args.seed)
+    print(f"catalog: {args.n:,} items, D={args.dim}, {args.levels} x {args.k} codes "
+          f"({time.perf_counter() - t:.1f} s to make and encode)", flush=True)
+    keys = [f"item-{i:08d}" for i in range(args.n)]
+    rng = np.random.default_rng(args.seed)
+    prefixes = codes[rng.integers(0, args.n, args.queries)]
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        results["SQLite"] = backend_run("sqlite", f"sqlite:///{tmp}/ours.db", model, keys, codes,
+                                        prefixes, extra, args, f"{tmp}/raw.db")
+    if args.pg_url:
+        if "bench" in SemanticIdIndex.list_indexes(args.pg_url):  # left by an interrupted run
+            SemanticIdIndex.drop(args.pg_url, "bench")
+        results["PostgreSQL"] = backend_run("postgresql", args.pg_url, model, keys, codes,
+                                            prefixes, extra, args, args.pg_url)
+        SemanticIdIndex.drop(args.pg_url, "bench")
+
+    print(f"\n{args.n:,} items; codes from a {args.levels} x {args.k} residual k-means; "
+          f"prefix queries: {args.queries} per depth, limit 100; adds: "
+          f"{args.add_batches} x 1,000 items incl. encoding (D={args.dim})\n")
+    print("| backend | metric | semid_index | raw driver | ours / raw |")
+    print("|---|---|---|---|---|")
+    for name, r in results.items():
+        raw_name = "executemany" if name == "SQLite" else "COPY"
+        print(f"| {name} | bulk load rows/s | {r['load_ours']:,.0f} | {r['load_raw']:,.0f} "
+              f"({raw_name}) | {r['load_ours'] / r['load_raw']:.0%} |")
+        for depth in (1, 2, 3):
+            op50, op99, rp50, rp99 = r[f"prefix{depth}"]
+            print(f"| {name} | prefix depth {depth} p50 / p99 µs | {op50:.0f} / {op99:.0f} | "
+                  f"{rp50:.0f} / {rp99:.0f} | {op50 / rp50:.2f}x p50 |")
+        print(f"| {name} | add, batches of 1,000, items/s | {r['add']:,.0f} | – | – |")
+    print(f"\npeak RSS {peak_rss_gib():.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
