@@ -22,6 +22,10 @@ def item_keys(keys, *, allow_duplicates: bool = False) -> list[str]:
                           f" {keys!r}: wrap it in a list")
     if isinstance(keys, np.ndarray):
         keys = keys.tolist()
+    keys = list(keys)
+    if keys and all(type(k) is str for k in keys) and 0 < min(map(len, keys)) and \
+            max(map(len, keys)) <= MAX_KEY_LENGTH and not any("\x00" in k for k in keys):
+        return _unique(keys, allow_duplicates)  # the common case, checked in C loops
     out = []
     for i, k in enumerate(keys):
         if isinstance(k, str):
@@ -34,11 +38,15 @@ def item_keys(keys, *, allow_duplicates: bool = False) -> list[str]:
             raise ConfigError(f"item key #{i} {s[:40]!r} must have 1..{MAX_KEY_LENGTH} characters "
                               f"and no NUL, has {len(s)}")
         out.append(s)
-    if not allow_duplicates and len(set(out)) != len(out):
-        dup = [k for k, n in Counter(out).items() if n > 1]
+    return _unique(out, allow_duplicates)
+
+
+def _unique(keys: list[str], allow_duplicates: bool) -> list[str]:
+    if not allow_duplicates and len(set(keys)) != len(keys):
+        dup = [k for k, n in Counter(keys).items() if n > 1]
         raise DuplicateKeyError(f"{len(dup)} item key(s) appear more than once: "
                                 f"{', '.join(map(repr, dup[:10]))}{' ...' if len(dup) > 10 else ''}")
-    return out
+    return keys
 
 
 def embedding_matrix(embeddings, n_keys: int, dim: int | None = None) -> np.ndarray:

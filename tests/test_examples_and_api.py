@@ -26,10 +26,23 @@ def test_train_then_inference_examples(tmp_path):
         assert "king" in out and "shares 2 levels with" in out
 
 
+def test_index_example_fits_adds_and_refits(db_url, tmp_path):
+    args = [ROOT / "examples/index_example.py", "--db", db_url, "--limit", "20000", "--add",
+            "2000"]
+    out = run(*args, cwd=tmp_path)
+    assert "fit: 20,000 items -> version 1" in out and "add: 2,000 new items" in out
+    if "synthetic" not in out:
+        assert "king" in out and "[2]" in out or "[3]" in out
+    out = run(*args, cwd=tmp_path)  # reopens the index and refits: version 2, 1 still readable
+    assert "-> version 2" in out and "(1, 20000, False), (2, 20000, True)" in out
+    assert "have a different ID in version 1" in out
+
+
 def test_public_names():
     assert set(semid_index.__all__) >= {
         "ResidualKMeans", "ResidualQuantization", "MiniBatchKMeans", "SquaredEuclideanDistance",
-        "KMeansPlusPlusInitInitializer", "SemanticIdError", "NotFittedError"}
+        "KMeansPlusPlusInitInitializer", "SemanticIdError", "NotFittedError", "SemanticIdIndex",
+        "SemanticId", "UnknownItemError", "SchemaError", "PrefixPage"}
     for name in semid_index.__all__:
         assert getattr(semid_index, name) is not None
     for name in semid_index.quantize.__all__:

@@ -229,7 +229,11 @@ class Store(Transactions):
         Call under the index's write lock: the answer is only final while no one else writes.
         """
         out = dict.fromkeys(codes, 0)
-        for what in ("items_max", "retired_max"):
+        probes = ["items_max"]
+        if conn.execute(select(retired.c.suffix).where(
+                retired.c.index_id == index_id, retired.c.version == version).limit(1)).first():
+            probes.append("retired_max")  # only versions that ever retired an ID
+        for what in probes:
             for code, top in self._probe(conn, what, index_id, version, codes):
                 code = bytes(code)
                 out[code] = max(out[code], top + 1)
@@ -252,7 +256,10 @@ class Store(Transactions):
             else:
                 for a in range(0, len(values), IN_CHUNK):
                     part = list(values[a:a + IN_CHUNK])
-                    sql = _PROBES[what][0].replace("?*", ", ".join("?" * len(part)))
+                    marks = ", ".join("?" * len(part))
+                    if what != "keys":
+                        marks = ", ".join(f"(?{i})" for i in range(3, len(part) + 3))
+                    sql = _PROBES[what][0].replace("?*", marks)
                     cur.execute(sql, (index_id, version, *part))
                     yield from cur.fetchall()
         finally:
@@ -451,15 +458,15 @@ _PROBES = {
         "SELECT q.k, s.code, s.suffix, s.fingerprint FROM unnest(%s::text[]) AS q(k) "
         "JOIN LATERAL (SELECT code, suffix, fingerprint FROM semid_items WHERE index_id = %s "
         "AND version = %s AND item_key = q.k) AS s ON true"),
-    "items_max": (
-        "SELECT code, max(suffix) FROM semid_items WHERE index_id = ? AND version = ? AND "
-        "code IN (?*) GROUP BY code",
+    "items_max": (  # a correlated max() per code: one index seek, not a walk of the group
+        "SELECT v.column1, (SELECT max(suffix) FROM semid_items WHERE index_id = ?1 AND "
+        "version = ?2 AND code = v.column1) AS m FROM (VALUES ?*) AS v WHERE m IS NOT NULL",
         "SELECT q.c, s.m FROM unnest(%s::bytea[]) AS q(c) JOIN LATERAL (SELECT max(suffix) AS m "
         "FROM semid_items WHERE index_id = %s AND version = %s AND code = q.c) AS s "
         "ON s.m IS NOT NULL"),
     "retired_max": (
-        "SELECT code, max(suffix) FROM semid_retired WHERE index_id = ? AND version = ? AND "
-        "code IN (?*) GROUP BY code",
+        "SELECT v.column1, (SELECT max(suffix) FROM semid_retired WHERE index_id = ?1 AND "
+        "version = ?2 AND code = v.column1) AS m FROM (VALUES ?*) AS v WHERE m IS NOT NULL",
         "SELECT q.c, s.m FROM unnest(%s::bytea[]) AS q(c) JOIN LATERAL (SELECT max(suffix) AS m "
         "FROM semid_retired WHERE index_id = %s AND version = %s AND code = q.c) AS s "
         "ON s.m IS NOT NULL"),
