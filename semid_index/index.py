@@ -377,15 +377,11 @@ class SemanticIdIndex:
         if not new:
             store.update_fingerprints(conn, rec.id, version, refresh)
             return
-        nxt = store.next_suffixes(conn, rec.id, version, list({packed[i] for i in new}))
-        for i in new:
-            out_suffix[i] = nxt[packed[i]]
-            nxt[packed[i]] += 1
-        store.retire_items(conn, rec.id, version, retire)
+        store.retire_items(conn, rec.id, version, retire)  # their IDs stay taken
         store.update_fingerprints(conn, rec.id, version, refresh)
         idx = np.asarray(new)
-        store.insert_items(conn, rec.id, version, [keys[i] for i in new],
-                           [packed[i] for i in new], out_suffix[idx], fps[idx])
+        out_suffix[idx] = store.assign_items(conn, rec.id, version, [keys[i] for i in new],
+                                             [packed[i] for i in new], fps[idx])
 
     def remove(self, keys, *, missing: str = "raise") -> int:
         """Remove items from the active version; their IDs are retired, never issued again.

@@ -214,6 +214,33 @@ class Store(Transactions):
             if progress and len(keys) % SQLITE_BATCH:
                 progress(len(keys) % SQLITE_BATCH)
 
+    def assign_items(self, conn: Connection, index_id: int, version: int, keys: Sequence[str],
+                     codes: Sequence[bytes], fingerprints: np.ndarray) -> np.ndarray:
+        """Insert new items, each with the next suffix never issued for its code (live or
+        retired), in input order; their suffixes (N,) int64. Under the index's write lock.
+
+        SQLite computes each suffix inside the INSERT (the seek for the code's largest suffix
+        lands on the page the row then goes to: one B-tree descent per item, not two) and reads
+        the suffixes back by primary key; PostgreSQL probes all codes in one statement, then
+        COPYs the rows.
+        """
+        if self.dialect != "sqlite":
+            nxt = self.next_suffixes(conn, index_id, version, list(set(codes)))
+            suffixes = np.empty(len(keys), dtype=np.int64)
+            for i, code in enumerate(codes):
+                suffixes[i] = nxt[code]
+                nxt[code] += 1
+            self.insert_items(conn, index_id, version, keys, codes, suffixes, fingerprints)
+            return suffixes
+        cur = conn.connection.driver_connection.cursor()
+        try:
+            cur.executemany(_SQLITE_ASSIGN, zip(repeat(index_id), repeat(version), keys, codes,
+                                                fingerprints.tolist()))
+        finally:
+            cur.close()
+        got = {k: s for k, _, s, _ in self._probe(conn, "keys", index_id, version, keys)}
+        return np.fromiter((got[k] for k in keys), dtype=np.int64, count=len(keys))
+
     def existing_items(self, conn: Connection, index_id: int, version: int,
                        keys: Sequence[str]) -> dict[str, tuple[bytes, int, int]]:
         """key -> (code, suffix, fingerprint) for those of ``keys`` already in the version."""
@@ -449,6 +476,14 @@ class _Readers:
             self._all.clear()
         self._local = threading.local()
 
+
+_SQLITE_ASSIGN = (
+    "INSERT INTO semid_items (index_id, version, item_key, code, suffix, fingerprint) "
+    "VALUES (?1, ?2, ?3, ?4, 1 + max("
+    "coalesce((SELECT max(suffix) FROM semid_items WHERE index_id = ?1 AND version = ?2 "
+    "AND code = ?4), -1), "
+    "coalesce((SELECT max(suffix) FROM semid_retired WHERE index_id = ?1 AND version = ?2 "
+    "AND code = ?4), -1)), ?5)")
 
 # (SQLite with "?*" standing for the IN list, PostgreSQL with the values as one array first)
 _PROBES = {
