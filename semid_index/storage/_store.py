@@ -232,10 +232,11 @@ class Store(Transactions):
                 nxt[code] += 1
             self.insert_items(conn, index_id, version, keys, codes, suffixes, fingerprints)
             return suffixes
+        sql = _SQLITE_ASSIGN[self._has_retired(conn, index_id, version)]
         cur = conn.connection.driver_connection.cursor()
         try:
-            cur.executemany(_SQLITE_ASSIGN, zip(repeat(index_id), repeat(version), keys, codes,
-                                                fingerprints.tolist()))
+            cur.executemany(sql, zip(repeat(index_id), repeat(version), keys, codes,
+                                     fingerprints.tolist()))
         finally:
             cur.close()
         got = {k: s for k, _, s, _ in self._probe(conn, "keys", index_id, version, keys)}
@@ -257,14 +258,18 @@ class Store(Transactions):
         """
         out = dict.fromkeys(codes, 0)
         probes = ["items_max"]
-        if conn.execute(select(retired.c.suffix).where(
-                retired.c.index_id == index_id, retired.c.version == version).limit(1)).first():
+        if self._has_retired(conn, index_id, version):
             probes.append("retired_max")  # only versions that ever retired an ID
         for what in probes:
             for code, top in self._probe(conn, what, index_id, version, codes):
                 code = bytes(code)
                 out[code] = max(out[code], top + 1)
         return out
+
+    def _has_retired(self, conn: Connection, index_id: int, version: int) -> bool:
+        return conn.execute(select(retired.c.suffix).where(
+            retired.c.index_id == index_id, retired.c.version == version).limit(1)).first() \
+            is not None
 
     def _probe(self, conn: Connection, what: str, index_id: int, version: int,
                values: Sequence) -> Iterator[tuple]:
@@ -477,32 +482,35 @@ class _Readers:
         self._local = threading.local()
 
 
-_SQLITE_ASSIGN = (
-    "INSERT INTO semid_items (index_id, version, item_key, code, suffix, fingerprint) "
-    "VALUES (?1, ?2, ?3, ?4, 1 + max("
-    "coalesce((SELECT max(suffix) FROM semid_items WHERE index_id = ?1 AND version = ?2 "
-    "AND code = ?4), -1), "
-    "coalesce((SELECT max(suffix) FROM semid_retired WHERE index_id = ?1 AND version = ?2 "
-    "AND code = ?4), -1)), ?5)")
+_SQLITE_NEXT_SUFFIX = ("coalesce((SELECT max(suffix) FROM {table} WHERE index_id = ?1 AND "
+                       "version = ?2 AND code = ?4), -1)")
+_SQLITE_ASSIGN = {  # [the version has retired IDs]
+    has_retired: "INSERT INTO semid_items (index_id, version, item_key, code, suffix, fingerprint) "
+    "VALUES (?1, ?2, ?3, ?4, 1 + " + (
+        f"max({_SQLITE_NEXT_SUFFIX.format(table='semid_items')}, "
+        f"{_SQLITE_NEXT_SUFFIX.format(table='semid_retired')})" if has_retired
+        else _SQLITE_NEXT_SUFFIX.format(table="semid_items")) + ", ?5)"
+    for has_retired in (False, True)
+}
 
 # (SQLite with "?*" standing for the IN list, PostgreSQL with the values as one array first)
 _PROBES = {
     "keys": (
         "SELECT item_key, code, suffix, fingerprint FROM semid_items WHERE index_id = ? AND "
         "version = ? AND item_key IN (?*)",
-        "SELECT q.k, s.code, s.suffix, s.fingerprint FROM unnest(%s::text[]) AS q(k) "
+        "SELECT q.k, s.code, s.suffix, s.fingerprint FROM unnest(%b::text[]) AS q(k) "
         "JOIN LATERAL (SELECT code, suffix, fingerprint FROM semid_items WHERE index_id = %s "
         "AND version = %s AND item_key = q.k) AS s ON true"),
     "items_max": (  # a correlated max() per code: one index seek, not a walk of the group
         "SELECT v.column1, (SELECT max(suffix) FROM semid_items WHERE index_id = ?1 AND "
         "version = ?2 AND code = v.column1) AS m FROM (VALUES ?*) AS v WHERE m IS NOT NULL",
-        "SELECT q.c, s.m FROM unnest(%s::bytea[]) AS q(c) JOIN LATERAL (SELECT max(suffix) AS m "
+        "SELECT q.c, s.m FROM unnest(%b::bytea[]) AS q(c) JOIN LATERAL (SELECT max(suffix) AS m "
         "FROM semid_items WHERE index_id = %s AND version = %s AND code = q.c) AS s "
         "ON s.m IS NOT NULL"),
     "retired_max": (
         "SELECT v.column1, (SELECT max(suffix) FROM semid_retired WHERE index_id = ?1 AND "
         "version = ?2 AND code = v.column1) AS m FROM (VALUES ?*) AS v WHERE m IS NOT NULL",
-        "SELECT q.c, s.m FROM unnest(%s::bytea[]) AS q(c) JOIN LATERAL (SELECT max(suffix) AS m "
+        "SELECT q.c, s.m FROM unnest(%b::bytea[]) AS q(c) JOIN LATERAL (SELECT max(suffix) AS m "
         "FROM semid_retired WHERE index_id = %s AND version = %s AND code = q.c) AS s "
         "ON s.m IS NOT NULL"),
 }
