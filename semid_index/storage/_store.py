@@ -233,10 +233,13 @@ class Store(Transactions):
             self.insert_items(conn, index_id, version, keys, codes, suffixes, fingerprints)
             return suffixes
         sql = _SQLITE_ASSIGN[self._has_retired(conn, index_id, version)]
+        fps = fingerprints.tolist()
+        # in code order (stable: equal codes keep input order, so suffixes still follow it):
+        # consecutive rows then share B-tree pages, which are hot in the cache
+        order = sorted(range(len(keys)), key=codes.__getitem__)
         cur = conn.connection.driver_connection.cursor()
         try:
-            cur.executemany(sql, zip(repeat(index_id), repeat(version), keys, codes,
-                                     fingerprints.tolist()))
+            cur.executemany(sql, ((index_id, version, keys[i], codes[i], fps[i]) for i in order))
         finally:
             cur.close()
         got = {k: s for k, _, s, _ in self._probe(conn, "keys", index_id, version, keys)}
