@@ -403,22 +403,6 @@ class Store(Transactions):
         for row in result:
             yield row[0], row[1], row[2], row[3], row[4]
 
-    def iter_items(self, conn: Connection, index_id: int, version: int,
-                   chunk: int = 10_000) -> Iterator[tuple[str, bytes, int]]:
-        """Every (key, code, suffix) of a version, in key order, read in keyset pages."""
-        last = None
-        while True:
-            conds = [items.c.index_id == index_id, items.c.version == version]
-            if last is not None:
-                conds.append(items.c.item_key > last)
-            rows = conn.execute(select(items.c.item_key, items.c.code, items.c.suffix)
-                                .where(*conds).order_by(items.c.item_key).limit(chunk)).all()
-            for r in rows:
-                yield r.item_key, bytes(r.code), r.suffix
-            if len(rows) < chunk:
-                return
-            last = rows[-1].item_key
-
 
 def _prefix_sql(ph: str) -> dict:
     out = {}
