@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ from . import _migrate
 from ._codec import decode_array, encode_array
 from ._engine import Transactions, make_engine
 from ._schema import codebooks, indexes, items, retired, versions
+from ._sql import PREFIX_SQL, PROBES, SQLITE_ASSIGN, Readers
 
 __all__ = ["Store", "IndexRecord", "VersionRecord"]
 
@@ -73,7 +73,7 @@ class Store(Transactions):
         engine, owned = make_engine(target, **kw)
         super().__init__(engine, owned)
         self._unpack: dict[tuple[int, int], Callable] = {}
-        self._readers = _Readers(engine)
+        self._readers = Readers(engine)
 
     def close(self) -> None:
         self._readers.close()
@@ -85,7 +85,7 @@ class Store(Transactions):
         """:meth:`prefix_page` without ``exclude``, on this thread's held read connection
         with precompiled SQL: the serving path, a few microseconds over the raw driver."""
         self._check_open()
-        sql = _PREFIX_SQL[self.dialect][(hi is not None, after is not None)]
+        sql = PREFIX_SQL[self.dialect][(hi is not None, after is not None)]
         params = [index_id, version, lo]
         if hi is not None:
             params.append(hi)
@@ -232,7 +232,7 @@ class Store(Transactions):
                 nxt[code] += 1
             self.insert_items(conn, index_id, version, keys, codes, suffixes, fingerprints)
             return suffixes
-        sql = _SQLITE_ASSIGN[self._has_retired(conn, index_id, version)]
+        sql = SQLITE_ASSIGN[self._has_retired(conn, index_id, version)]
         fps = fingerprints.tolist()
         # in code order (stable: equal codes keep input order, so suffixes still follow it):
         # consecutive rows then share B-tree pages, which are hot in the cache
@@ -276,7 +276,7 @@ class Store(Transactions):
 
     def _probe(self, conn: Connection, what: str, index_id: int, version: int,
                values: Sequence) -> Iterator[tuple]:
-        """Rows of one of the ``_PROBES`` queries for many keys or codes, on the transaction's
+        """Rows of one of the ``PROBES`` queries for many keys or codes, on the transaction's
         DBAPI cursor: PostgreSQL gets them as one array parameter (each probes the primary
         key or the code index; with stale statistics, as in a table filled by this very
         transaction, an ``IN`` list may be planned as a walk over the whole version), SQLite
@@ -284,7 +284,7 @@ class Store(Transactions):
         cur = conn.connection.driver_connection.cursor()
         try:
             if self.dialect == "postgresql":
-                sql, chunk = _PROBES[what][1], 5000
+                sql, chunk = PROBES[what][1], 5000
                 for a in range(0, len(values), chunk):
                     cur.execute(sql, (list(values[a:a + chunk]), index_id, version))
                     yield from cur.fetchall()
@@ -294,7 +294,7 @@ class Store(Transactions):
                     marks = ", ".join("?" * len(part))
                     if what != "keys":
                         marks = ", ".join(f"(?{i})" for i in range(3, len(part) + 3))
-                    sql = _PROBES[what][0].replace("?*", marks)
+                    sql = PROBES[what][0].replace("?*", marks)
                     cur.execute(sql, (index_id, version, *part))
                     yield from cur.fetchall()
         finally:
@@ -402,105 +402,6 @@ class Store(Transactions):
         result = conn.execution_options(stream_results=True, yield_per=10_000).execute(stmt)
         for row in result:
             yield row[0], row[1], row[2], row[3], row[4]
-
-
-def _prefix_sql(ph: str) -> dict:
-    out = {}
-    for has_hi in (False, True):
-        for has_after in (False, True):
-            where = [f"index_id = {ph}", f"version = {ph}", f"code >= {ph}"]
-            if has_hi:
-                where.append(f"code < {ph}")
-            if has_after:
-                where += [f"code >= {ph}", f"(code > {ph} OR suffix > {ph})"]
-            out[(has_hi, has_after)] = (
-                "SELECT item_key, code, suffix FROM semid_items WHERE " + " AND ".join(where)
-                + f" ORDER BY code, suffix LIMIT {ph}")
-    return out
-
-
-_PREFIX_SQL = {"sqlite": _prefix_sql("?"), "postgresql": _prefix_sql("%s")}
-
-
-class _Readers:
-    """One held DBAPI connection per thread for single-statement reads (detached from the
-    pool; PostgreSQL ones in autocommit mode, so a read costs one round trip)."""
-
-    def __init__(self, engine):
-        self._engine = engine
-        self._local = threading.local()
-        self._all: list = []
-        self._lock = threading.Lock()
-
-    def _conn(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            proxy = self._engine.raw_connection()
-            conn = proxy.driver_connection
-            proxy.detach()  # ours until close(); never handed back in autocommit mode
-            if self._engine.dialect.name == "postgresql":
-                conn.autocommit = True
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(proxy)
-        return conn
-
-    def fetchall(self, sql: str, params) -> list:
-        conn = self._conn()
-        try:
-            cur = conn.cursor()
-            try:
-                cur.execute(sql, params)
-                return cur.fetchall()
-            finally:
-                cur.close()
-        except Exception:
-            self._local.conn = None  # a broken connection is replaced on the next read
-            raise
-
-    def close(self) -> None:
-        with self._lock:
-            for proxy in self._all:
-                try:
-                    proxy.close()
-                except Exception:  # noqa: BLE001 - closing a dead connection
-                    pass
-            self._all.clear()
-        self._local = threading.local()
-
-
-_SQLITE_NEXT_SUFFIX = ("coalesce((SELECT max(suffix) FROM {table} WHERE index_id = ?1 AND "
-                       "version = ?2 AND code = ?4), -1)")
-_SQLITE_ASSIGN = {  # [the version has retired IDs]
-    has_retired: "INSERT INTO semid_items (index_id, version, item_key, code, suffix, fingerprint) "
-    "VALUES (?1, ?2, ?3, ?4, 1 + " + (
-        f"max({_SQLITE_NEXT_SUFFIX.format(table='semid_items')}, "
-        f"{_SQLITE_NEXT_SUFFIX.format(table='semid_retired')})" if has_retired
-        else _SQLITE_NEXT_SUFFIX.format(table="semid_items")) + ", ?5)"
-    for has_retired in (False, True)
-}
-
-# (SQLite with "?*" standing for the IN list, PostgreSQL with the values as one array first)
-_PROBES = {
-    "keys": (
-        "SELECT item_key, code, suffix, fingerprint FROM semid_items WHERE index_id = ? AND "
-        "version = ? AND item_key IN (?*)",
-        "SELECT q.k, s.code, s.suffix, s.fingerprint FROM unnest(%b::text[]) AS q(k) "
-        "JOIN LATERAL (SELECT code, suffix, fingerprint FROM semid_items WHERE index_id = %s "
-        "AND version = %s AND item_key = q.k) AS s ON true"),
-    "items_max": (  # a correlated max() per code: one index seek, not a walk of the group
-        "SELECT v.column1, (SELECT max(suffix) FROM semid_items WHERE index_id = ?1 AND "
-        "version = ?2 AND code = v.column1) AS m FROM (VALUES ?*) AS v WHERE m IS NOT NULL",
-        "SELECT q.c, s.m FROM unnest(%b::bytea[]) AS q(c) JOIN LATERAL (SELECT max(suffix) AS m "
-        "FROM semid_items WHERE index_id = %s AND version = %s AND code = q.c) AS s "
-        "ON s.m IS NOT NULL"),
-    "retired_max": (
-        "SELECT v.column1, (SELECT max(suffix) FROM semid_retired WHERE index_id = ?1 AND "
-        "version = ?2 AND code = v.column1) AS m FROM (VALUES ?*) AS v WHERE m IS NOT NULL",
-        "SELECT q.c, s.m FROM unnest(%b::bytea[]) AS q(c) JOIN LATERAL (SELECT max(suffix) AS m "
-        "FROM semid_retired WHERE index_id = %s AND version = %s AND code = q.c) AS s "
-        "ON s.m IS NOT NULL"),
-}
 
 
 def _range(col, lo: bytes, hi: bytes | None) -> list:
