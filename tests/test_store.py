@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, event, inspect, text
 
 from semid_index import SemanticIdIndex
-from semid_index.errors import SchemaError
+from semid_index.errors import ConfigError, SchemaError
 from semid_index.storage import (CorruptBlobError, Store, head_revision, metadata, pack_codes,
                                  prefix_range)
 from semid_index.storage import _migrate
@@ -83,6 +83,8 @@ def test_newer_foreign_and_missing_schemas_are_refused(db_url, tmp_path):
     with pytest.raises(SchemaError, match="no semid_alembic_version"):
         SemanticIdIndex.open(db_url, "x", upgrade=False)
     engine.dispose()
+    with pytest.raises(ConfigError, match="cannot open .*no_such_dir"):
+        SemanticIdIndex.create(f"sqlite:///{tmp_path / 'no_such_dir' / 'x.db'}", "x")
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a database at all" * 100)
     with pytest.raises(SchemaError, match="not a SQLite database"):

@@ -141,4 +141,7 @@ def _wrap_errors(url: str):
         text = str(getattr(e, "orig", e))
         if "file is not a database" in text or "file is encrypted" in text:
             raise SchemaError(f"{url} is not a SQLite database ({text})") from None
+        if "unable to open database file" in text:
+            raise ConfigError(f"cannot open {url}: {text} (does the directory exist, and may "
+                              "this process write there?)") from None
         raise
