@@ -1,6 +1,7 @@
 """Schema, migrations, query plans and blob checks, on SQLite and PostgreSQL."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -46,7 +47,7 @@ def test_migrations_build_exactly_the_declared_schema(db_url):
     assert SemanticIdIndex.migrate(db_url) == (head_revision(), head_revision())  # idempotent
 
 
-def test_older_schema_is_reported_then_upgraded_with_data_kept(db_url, mixture):
+def test_older_schema_is_reported_then_upgraded_with_data_kept(db_url, mixture, caplog):
     keys = [f"k{i}" for i in range(len(mixture))]
     with SemanticIdIndex.create(db_url, "old", n_levels=2, codebook_size=8) as idx:
         idx.fit(keys, mixture)
@@ -57,7 +58,10 @@ def test_older_schema_is_reported_then_upgraded_with_data_kept(db_url, mixture):
     engine.dispose()
     with pytest.raises(SchemaError, match="older semid_index schema revision 0001.*needs 0002"):
         SemanticIdIndex.open(db_url, "old", upgrade=False)
-    with SemanticIdIndex.open(db_url, "old") as idx:  # upgrades in one transaction
+    with caplog.at_level(logging.WARNING, logger="semid_index.storage"):
+        idx = SemanticIdIndex.open(db_url, "old")  # upgrades in one transaction, and says so
+    assert "from revision 0001 to 0002" in caplog.text
+    with idx:
         assert idx.lookup_many(keys) == ids
         assert idx.remove(keys[:3]) == 3  # the table 0002 adds works
         assert idx.stats().n_retired == 3
@@ -90,6 +94,19 @@ def test_newer_foreign_and_missing_schemas_are_refused(db_url, tmp_path):
     with pytest.raises(SchemaError, match="not a SQLite database"):
         SemanticIdIndex.open(f"sqlite:///{junk}", "x")
     assert junk.read_bytes() == b"this is not a database at all" * 100
+
+
+def test_an_engine_works_like_a_url_and_stays_open(db_url, mixture):
+    engine = create_engine(db_url)
+    keys = [f"k{i}" for i in range(len(mixture))]
+    with SemanticIdIndex.create(engine, "e", n_levels=2, codebook_size=8) as idx:
+        idx.fit(keys, mixture)
+        sid = idx.lookup("k3")
+    with engine.connect() as conn:  # the caller's engine keeps working after close()
+        assert conn.execute(text("SELECT count(*) FROM semid_items")).scalar() == len(keys)
+    with SemanticIdIndex.open(db_url, "e") as idx:
+        assert idx.lookup("k3") == sid
+    engine.dispose()
 
 
 def test_corrupt_codebook_blob_is_detected(db_url, mixture):

@@ -110,7 +110,11 @@ def upgrade(conn: Connection, url: str, target: str = "head") -> tuple[str | Non
     cfg = _config()
     cfg.attributes["connection"] = conn
     command.upgrade(cfg, target)
-    log.info("upgraded the semid_index schema of %s from %s to %s", url, before or "empty", head)
+    if before is None:
+        log.info("created the semid_index schema (revision %s) in %s", head, url)
+    else:
+        log.warning("upgraded the semid_index schema of %s from revision %s to %s", url, before,
+                    head)
     return before, head
 
 
