@@ -76,35 +76,31 @@ def rows_of(keys, packed, suffix):
 
 # ---------------------------------------------------------------------------- bulk loads
 def ours_load(url: str, name: str, model, keys, codes) -> tuple[float, SemanticIdIndex]:
+    """Seconds for the fit's write path (code packing, suffixes, one transaction storing the
+    version and its items, activation) on precomputed codes; the index."""
     idx = SemanticIdIndex.create(url, name, n_levels=codes.shape[1],
                                  codebook_size=list(model.codebook_sizes_))
-    store, rec = idx._store, idx._record
-    books = model.get_codebooks()
-    header = {"dim": model.n_features_in_, "codebook_sizes": list(model.codebook_sizes_),
-              "normalize_residuals": False,
-              "residual_scales": [float(s) for s in model.residual_scales_]}
     t = time.perf_counter()
-    packed = pack_codes(codes, rec.code_width)
-    suffix = group_suffixes(packed)
-    with store.write() as conn:
-        v = store.add_version(conn, rec.id, books, header, len(keys))
-        store.insert_items(conn, rec.id, v, keys, packed, suffix,
-                           np.zeros(len(keys), dtype=np.int64))
-        store.activate(conn, rec.id, v, model.n_features_in_)
-        store.analyze(conn)
-    dt = time.perf_counter() - t
-    idx._refresh()
-    return dt, idx
+    packed = pack_codes(codes, idx._record.code_width)
+    idx._write_version(model, keys, packed, group_suffixes(packed),
+                       np.zeros(len(keys), dtype=np.int64), progress=False)
+    return time.perf_counter() - t, idx
+
+
+def raw_sqlite(path: str) -> sqlite3.Connection:
+    """A plain sqlite3 connection with the settings semid_index uses (storage/_engine.py), so
+    the comparison is between drivers, not configurations."""
+    con = sqlite3.connect(path, isolation_level=None)
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL",
+                   f"cache_size=-{_engine.SQLITE_CACHE_KIB}",
+                   f"mmap_size={_engine.SQLITE_MMAP_BYTES}",
+                   f"wal_autocheckpoint={_engine.SQLITE_WAL_PAGES}"):
+        con.execute("PRAGMA " + pragma)
+    return con
 
 
 def raw_sqlite_load(path: str, rows) -> float:
-    con = sqlite3.connect(path, isolation_level=None)
-    # the same settings semid_index uses (storage/_engine.py): compare drivers, not configs
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=NORMAL")
-    con.execute(f"PRAGMA cache_size=-{_engine.SQLITE_CACHE_KIB}")
-    con.execute(f"PRAGMA mmap_size={_engine.SQLITE_MMAP_BYTES}")
-    con.execute(f"PRAGMA wal_autocheckpoint={_engine.SQLITE_WAL_PAGES}")
+    con = raw_sqlite(path)
     for ddl in items_ddl("sqlite", "raw_items"):
         con.execute(ddl)
     t = time.perf_counter()
@@ -150,10 +146,7 @@ def raw_adds(kind: str, target: str, packed_new: list[bytes], batch: int) -> flo
     n = len(packed_new)
     rows = [(1, 1, f"raw-add-{i}", c, 10_000_000 + i, 0) for i, c in enumerate(packed_new)]
     if kind == "sqlite":
-        con = sqlite3.connect(target, isolation_level=None)
-        for p in (f"cache_size=-{_engine.SQLITE_CACHE_KIB}", f"mmap_size={_engine.SQLITE_MMAP_BYTES}",
-                  f"wal_autocheckpoint={_engine.SQLITE_WAL_PAGES}", "synchronous=NORMAL"):
-            con.execute("PRAGMA " + p)
+        con = raw_sqlite(target)
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         t = time.perf_counter()
         for a in range(0, n, batch):
@@ -248,9 +241,7 @@ def backend_run(kind: str, url: str, model, keys, codes, prefixes, extra, args, 
     n = len(keys)
     res = {"load_ours": n / ours_t, "load_raw": n / raw_t}
     if kind == "sqlite":
-        con = sqlite3.connect(make_url(url).database)
-        con.execute(f"PRAGMA cache_size=-{_engine.SQLITE_CACHE_KIB}")
-        con.execute(f"PRAGMA mmap_size={_engine.SQLITE_MMAP_BYTES}")
+        con = raw_sqlite(make_url(url).database)
         raw = raw_prefix_fn(con.cursor(), "?", 2)
     else:
         con = pg_connect(url)

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import (ConfigError, DimensionMismatchError, DuplicateKeyError, EmptyInputError,
-                     IndexExistsError, IndexNotFoundError, InvalidCodesError, ItemConflictError,
-                     NonFiniteError, NotFittedError, SchemaError, SemanticIdError,
-                     StoreClosedError, TooFewItemsError, UnknownItemError)
+from . import errors as _errors
+from .errors import *  # noqa: F403 - the typed exceptions, listed in errors.__all__
 from .ids import SemanticId
 
 __version__ = "0.1.0"
@@ -37,21 +35,7 @@ _LAZY = {
 __all__ = [
     "__version__",
     "SemanticId",
-    "SemanticIdError",
-    "ConfigError",
-    "DimensionMismatchError",
-    "NonFiniteError",
-    "EmptyInputError",
-    "TooFewItemsError",
-    "NotFittedError",
-    "InvalidCodesError",
-    "UnknownItemError",
-    "DuplicateKeyError",
-    "ItemConflictError",
-    "IndexNotFoundError",
-    "IndexExistsError",
-    "SchemaError",
-    "StoreClosedError",
+    *_errors.__all__,
     *_LAZY,
 ]
 

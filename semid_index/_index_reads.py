@@ -142,18 +142,21 @@ class IndexReads:
 
     def stats(self, *, version: int | None = None) -> IndexStats:
         """Counts for a version (default: the active one)."""
+        if version is not None:
+            self._require_version(version)
         rec = self._refresh()
-        n_versions = len(self.versions())
-        if rec.active_version is None and version is None:
-            return IndexStats(rec.name, self.url, None, 0, rec.n_levels, rec.codebook_sizes,
-                              rec.dim, 0, 0, 0, None, 0, [])
-        version = self._require_version(version)
+        version = rec.active_version if version is None else version
         w = rec.code_width
         with self._store.read(snapshot=True) as conn:
+            n_versions = len(self._store.list_versions(conn, rec))
+            if version is None:
+                return IndexStats(rec.name, self.url, None, n_versions, rec.n_levels,
+                                  rec.codebook_sizes, rec.dim, 0, 0, 0, None, 0, [])
             c = self._store.version_counts(conn, rec.id, version)
             per_level = [len(self._store.child_counts(conn, rec.id, version, b"", None,
                                                       (lv + 1) * w))
-                         for lv in range(rec.n_levels)]
+                         for lv in range(rec.n_levels - 1)]
+        per_level.append(c["n_distinct_codes"])  # full-depth prefixes are the distinct codes
         return IndexStats(rec.name, self.url, version, n_versions, rec.n_levels,
                           rec.codebook_sizes, rec.dim, c["n_items"], c["n_distinct_codes"],
                           c["n_collided"], c["max_suffix"], c["n_retired"], per_level)

@@ -49,7 +49,7 @@ def _unique(keys: list[str], allow_duplicates: bool) -> list[str]:
     return keys
 
 
-def embedding_matrix(embeddings, n_keys: int, dim: int | None = None) -> np.ndarray:
+def embedding_matrix(embeddings, n_keys: int | None, dim: int | None = None) -> np.ndarray:
     """A 2-d float array (N, D) viewed in place where possible: numpy array or memmap, torch
     tensor (CPU), nested lists, or the path of a ``.npy`` file (memory-mapped)."""
     if isinstance(embeddings, (str, Path)):
@@ -61,29 +61,36 @@ def embedding_matrix(embeddings, n_keys: int, dim: int | None = None) -> np.ndar
         raise ConfigError(f"embeddings must be numbers, got dtype {x.dtype}")
     if x.ndim != 2:
         raise DimensionMismatchError(f"embeddings must be 2-d (N, D), got shape {x.shape}")
-    if x.shape[0] != n_keys:
+    if n_keys is not None and x.shape[0] != n_keys:
         raise DimensionMismatchError(
             f"got {n_keys} item keys but {x.shape[0]} embedding rows")
     if x.shape[0] == 0:
         raise EmptyInputError("no items: keys and embeddings are empty")
-    if dim is not None and x.shape[1] != dim:
-        raise DimensionMismatchError(
-            f"embeddings have dim={x.shape[1]} but the index was trained with dim={dim}")
+    check_dim(x, dim)
     return x
 
 
-def check_finite(block: np.ndarray, keys: Sequence[str], offset: int) -> None:
-    """Raise NonFiniteError naming the first item (by key) whose embedding has NaN/inf."""
+def check_dim(x: np.ndarray, dim: int | None) -> None:
+    """Raise DimensionMismatchError unless ``x`` (N, D) has D == ``dim`` (None: any)."""
+    if dim is not None and x.shape[1] != dim:
+        raise DimensionMismatchError(
+            f"embeddings have dim={x.shape[1]} but the index was trained with dim={dim}")
+
+
+def check_finite(block: np.ndarray, offset: int, keys: Sequence[str] | None = None) -> None:
+    """Raise NonFiniteError naming the first row (and its item key, when ``keys`` are given)
+    whose embedding has NaN/inf; ``block`` holds rows ``offset, offset + 1, ...``."""
     if np.isfinite(block.sum(dtype=np.float64)):
         return
     bad = ~np.isfinite(block)
     rows = np.flatnonzero(bad.any(axis=1))
     if rows.size:
-        r = int(rows[0])
+        r = offset + int(rows[0])
+        col = int(np.flatnonzero(bad[rows[0]])[0])
+        what = f"item {keys[r]!r} (row {r})" if keys is not None else f"row {r}"
         raise NonFiniteError(
-            f"embedding of item {keys[offset + r]!r} (row {offset + r}) has a non-finite value "
-            f"(NaN/inf) in column {int(np.flatnonzero(bad[r])[0])}; {rows.size} row(s) of this "
-            "block are affected", row=offset + r, column=int(np.flatnonzero(bad[r])[0]))
+            f"embedding of {what} has a non-finite value (NaN/inf) in column {col}; {rows.size} "
+            "row(s) of this block are affected", row=r, column=col)
 
 
 def prefix_tuple(prefix, sizes: Sequence[int], *, min_depth: int) -> tuple[int, ...]:

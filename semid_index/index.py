@@ -7,6 +7,7 @@ Life cycle and writes live here; the torch-free queries (``lookup``, ``items_wit
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -97,22 +98,18 @@ class SemanticIdIndex(IndexReads):
             raise ConfigError(f"unknown index option(s) {bad}; known: {', '.join(MODEL_OPTIONS)}")
         _check_name(name)
         store = Store(db, busy_timeout=busy_timeout)
-        try:
-            with store.write() as conn:
-                _migrate.upgrade(conn, store.url)
-                if exist_ok and name in store.index_names(conn):
-                    record = store.get_index(conn, name)
-                    if record.codebook_sizes != tuple(sizes):
-                        raise ConfigError(
-                            f"index {name!r} exists with codebook sizes "
-                            f"{list(record.codebook_sizes)}, not {sizes}")
-                else:
-                    store.create_index(conn, name, n_levels=len(sizes), codebook_sizes=sizes,
-                                       code_width=code_width(sizes), options=options)
-                    record = store.get_index(conn, name)
-        except BaseException:
-            store.close()
-            raise
+        with _closed_on_error(store), store.write() as conn:
+            _migrate.upgrade(conn, store.url)
+            if exist_ok and name in store.index_names(conn):
+                record = store.get_index(conn, name)
+                if record.codebook_sizes != tuple(sizes):
+                    raise ConfigError(
+                        f"index {name!r} exists with codebook sizes "
+                        f"{list(record.codebook_sizes)}, not {sizes}")
+            else:
+                store.create_index(conn, name, n_levels=len(sizes), codebook_sizes=sizes,
+                                   code_width=code_width(sizes), options=options)
+                record = store.get_index(conn, name)
         return cls(store, record)
 
     @classmethod
@@ -121,7 +118,7 @@ class SemanticIdIndex(IndexReads):
         """Open an existing index. ``upgrade`` applies pending schema revisions (one
         transaction); with ``upgrade=False`` an older schema raises :class:`SchemaError`."""
         store = Store(db, busy_timeout=busy_timeout)
-        try:
+        with _closed_on_error(store):
             with store.read() as conn:
                 rev = _migrate.current_revision(conn)
                 if rev != _migrate.head_revision() and not (upgrade and rev is not None):
@@ -130,9 +127,6 @@ class SemanticIdIndex(IndexReads):
                 store.upgrade_schema()
             with store.read() as conn:
                 record = store.get_index(conn, name)
-        except BaseException:
-            store.close()
-            raise
         return cls(store, record)
 
     @staticmethod
@@ -224,7 +218,7 @@ class SemanticIdIndex(IndexReads):
         rec = self._refresh()
         if version is None:
             if rec.active_version is None:
-                raise NotFittedError(f"index {rec.name!r} has no codebooks yet: call fit() first")
+                raise _not_fitted(rec)
             return rec.active_version
         with self._store.read() as conn:
             known = [v.version for v in self._store.list_versions(conn, rec)]
@@ -280,22 +274,29 @@ class SemanticIdIndex(IndexReads):
         codes, fps = self._encode_rows(model, x, keys, progress)
         packed = pack_codes(codes, rec.code_width)
         suffixes = group_suffixes(packed)
-        books = model.get_codebooks()
-        header = {"dim": int(x.shape[1]), "codebook_sizes": list(rec.codebook_sizes),
-                  "normalize_residuals": bool(model.normalize_residuals),
-                  "residual_scales": [float(s) for s in model.residual_scales_]}
-        with self._store.write() as conn, _bar(len(keys), "storing", progress) as bar:
-            rec = self._store.get_index(conn, rec.name, lock=True)
-            version = self._store.add_version(conn, rec.id, books, header, len(keys))
-            self._store.insert_items(conn, rec.id, version, keys, packed, suffixes, fps,
-                                     progress=bar.update)
-            self._store.activate(conn, rec.id, version, int(x.shape[1]))
-            self._store.analyze(conn)
-        self._model_cache = (version, model)
-        self._refresh()
+        version = self._write_version(model, keys, packed, suffixes, fps, progress)
         log.info("index %r: version %d active with %d items (%d share all codes with another)",
                  rec.name, version, len(keys), int((suffixes > 0).sum()))
         return self
+
+    def _write_version(self, model, keys: Sequence[str], packed: Sequence[bytes],
+                       suffixes: np.ndarray, fps: np.ndarray, progress: bool | None) -> int:
+        """One transaction: ``model``'s codebooks as a new version holding these items, made
+        active. Returns the version number."""
+        header = {"dim": int(model.n_features_in_), "codebook_sizes": list(self.codebook_sizes),
+                  "normalize_residuals": bool(model.normalize_residuals),
+                  "residual_scales": [float(s) for s in model.residual_scales_]}
+        books = model.get_codebooks()
+        with self._store.write() as conn, _bar(len(keys), "storing", progress) as bar:
+            rec = self._store.get_index(conn, self.name, lock=True)
+            version = self._store.add_version(conn, rec.id, books, header, len(keys))
+            self._store.insert_items(conn, rec.id, version, keys, packed, suffixes, fps,
+                                     progress=bar.update)
+            self._store.activate(conn, rec.id, version, header["dim"])
+            self._store.analyze(conn)
+        self._model_cache = (version, model)
+        self._refresh()
+        return version
 
     def add(self, keys, embeddings, *, on_conflict: str = "error",
             progress: bool | None = None) -> list[SemanticId]:
@@ -322,7 +323,7 @@ class SemanticIdIndex(IndexReads):
         x = _inputs.embedding_matrix(embeddings, len(keys))
         if x.shape[1] != rec.dim:
             rec = self._refresh()  # another process may have activated a refit
-            _inputs.embedding_matrix(x, len(keys), rec.dim)
+            _inputs.check_dim(x, rec.dim)
         version = rec.active_version
         model = self._model_for(version)
         codes, fps = self._encode_rows(model, x, keys, progress)
@@ -393,14 +394,14 @@ class SemanticIdIndex(IndexReads):
             raise ConfigError(f"missing must be 'raise' or 'ignore', got {missing!r}")
         keys = _inputs.item_keys(keys, allow_duplicates=True)
         keys = list(dict.fromkeys(keys))
-        version = self._require_version(None)
         with self._store.write() as conn:
             rec = self._store.get_index(conn, self._record.name, lock=True)
-            version = rec.active_version
-            found = self._store.existing_items(conn, rec.id, version, keys)
+            if rec.active_version is None:
+                raise _not_fitted(rec)
+            found = self._store.existing_items(conn, rec.id, rec.active_version, keys)
             if missing == "raise" and len(found) != len(keys):
                 _raise_unknown([k for k in keys if k not in found], rec.name)
-            self._store.retire_items(conn, rec.id, version, found)
+            self._store.retire_items(conn, rec.id, rec.active_version, found)
         return len(found)
 
     def activate(self, version: int) -> None:
@@ -417,9 +418,8 @@ class SemanticIdIndex(IndexReads):
         """Codes (N, L) int64 of embeddings (N, D) under a version's codebooks; stores nothing."""
         version = self._require_version(version)
         model = self._model_for(version)
-        x = np.asarray(_inputs.embedding_matrix(embeddings, len(embeddings)))
-        keys = [f"row {i}" for i in range(x.shape[0])]
-        return self._encode_rows(model, x, keys, False)[0]
+        x = _inputs.embedding_matrix(embeddings, None, model.n_features_in_)
+        return self._encode_rows(model, x, None, False)[0]
 
     def _check_model(self, model, dim: int) -> None:
         if getattr(model, "codebooks_", None) is None:
@@ -433,7 +433,7 @@ class SemanticIdIndex(IndexReads):
                 f"embeddings have dim={dim} but the model was trained with "
                 f"dim={model.n_features_in_}")
 
-    def _encode_rows(self, model, x: np.ndarray, keys: Sequence[str],
+    def _encode_rows(self, model, x: np.ndarray, keys: Sequence[str] | None,
                      progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
         """(codes (N, L) int64, fingerprints (N,) int64); NaN/inf raise naming the item."""
         import torch
@@ -444,7 +444,7 @@ class SemanticIdIndex(IndexReads):
         with _bar(n, "encoding", progress) as bar:
             for a in range(0, n, ENCODE_BLOCK):
                 blk = np.ascontiguousarray(x[a:a + ENCODE_BLOCK], dtype=np.float32)
-                _inputs.check_finite(blk, keys, a)
+                _inputs.check_finite(blk, a, keys)
                 codes[a:a + len(blk)] = model.encode(torch.from_numpy(blk)).numpy()
                 fps[a:a + len(blk)] = fingerprints(blk)
                 bar.update(len(blk))
@@ -464,10 +464,24 @@ def _check_hierarchy(n_levels, codebook_size) -> list[int]:
     return sizes
 
 
+def _not_fitted(rec: IndexRecord) -> NotFittedError:
+    return NotFittedError(f"index {rec.name!r} has no codebooks yet: call fit() first")
+
+
 def _check_name(name) -> None:
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise ConfigError(f"index name must be a non-empty str of at most 200 characters, "
                           f"got {name!r}")
+
+
+@contextlib.contextmanager
+def _closed_on_error(store: Store):
+    """Close ``store`` if the block raises (the index that would have owned it never exists)."""
+    try:
+        yield store
+    except BaseException:
+        store.close()
+        raise
 
 
 class _NoBar:

@@ -4,7 +4,7 @@ SQLite files are opened in WAL mode (readers never block the one writer) with a 
 and every write transaction starts with ``BEGIN IMMEDIATE`` so two writers queue on the lock
 instead of failing half-way with "database is locked" when a reader upgrades to a writer.
 On PostgreSQL a write transaction locks its index's row (``SELECT ... FOR UPDATE``), which orders
-concurrent writers of one index; see ``Store.lock_index``.
+concurrent writers of one index; see ``Store.get_index(lock=True)``.
 """
 
 from __future__ import annotations

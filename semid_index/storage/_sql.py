@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 
+
 def _prefix_sql(ph: str) -> dict:
     out = {}
     for has_hi in (False, True):
@@ -86,24 +87,19 @@ SQLITE_ASSIGN = {  # [the version has retired IDs]
     for has_retired in (False, True)
 }
 
-# (SQLite with "?*" standing for the IN list, PostgreSQL with the values as one array first)
-PROBES = {
-    "keys": (
-        "SELECT item_key, code, suffix, fingerprint FROM semid_items WHERE index_id = ? AND "
-        "version = ? AND item_key IN (?*)",
-        "SELECT q.k, s.code, s.suffix, s.fingerprint FROM unnest(%b::text[]) AS q(k) "
-        "JOIN LATERAL (SELECT code, suffix, fingerprint FROM semid_items WHERE index_id = %s "
-        "AND version = %s AND item_key = q.k) AS s ON true"),
-    "items_max": (  # a correlated max() per code: one index seek, not a walk of the group
-        "SELECT v.column1, (SELECT max(suffix) FROM semid_items WHERE index_id = ?1 AND "
-        "version = ?2 AND code = v.column1) AS m FROM (VALUES ?*) AS v WHERE m IS NOT NULL",
-        "SELECT q.c, s.m FROM unnest(%b::bytea[]) AS q(c) JOIN LATERAL (SELECT max(suffix) AS m "
-        "FROM semid_items WHERE index_id = %s AND version = %s AND code = q.c) AS s "
-        "ON s.m IS NOT NULL"),
-    "retired_max": (
-        "SELECT v.column1, (SELECT max(suffix) FROM semid_retired WHERE index_id = ?1 AND "
-        "version = ?2 AND code = v.column1) AS m FROM (VALUES ?*) AS v WHERE m IS NOT NULL",
-        "SELECT q.c, s.m FROM unnest(%b::bytea[]) AS q(c) JOIN LATERAL (SELECT max(suffix) AS m "
-        "FROM semid_retired WHERE index_id = %s AND version = %s AND code = q.c) AS s "
-        "ON s.m IS NOT NULL"),
+# Existing items among many keys. SQLite: "?*" stands for an IN list of at most 500 keys.
+# PostgreSQL: the keys as one array, each probing the primary key (with stale statistics, as in
+# a table filled by this very transaction, an IN list may be planned as a walk of the version).
+KEY_PROBE = {
+    "sqlite": "SELECT item_key, code, suffix, fingerprint FROM semid_items WHERE index_id = ? "
+              "AND version = ? AND item_key IN (?*)",
+    "postgresql": "SELECT q.k, s.code, s.suffix, s.fingerprint FROM unnest(%b::text[]) AS q(k) "
+                  "JOIN LATERAL (SELECT code, suffix, fingerprint FROM semid_items WHERE "
+                  "index_id = %s AND version = %s AND item_key = q.k) AS s ON true",
 }
+
+# PostgreSQL: the largest suffix of each of many codes in a table (items or retired IDs), one
+# index seek per code. (SQLite allocates suffixes inside its INSERT: SQLITE_ASSIGN.)
+PG_MAX_SUFFIX = (
+    "SELECT q.c, s.m FROM unnest(%b::bytea[]) AS q(c) JOIN LATERAL (SELECT max(suffix) AS m "
+    "FROM {table} WHERE index_id = %s AND version = %s AND code = q.c) AS s ON s.m IS NOT NULL")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+from contextlib import closing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,12 +25,13 @@ from . import _migrate
 from ._codec import decode_array, encode_array
 from ._engine import Transactions, make_engine
 from ._schema import codebooks, indexes, items, retired, versions
-from ._sql import PREFIX_SQL, PROBES, SQLITE_ASSIGN, Readers
+from ._sql import KEY_PROBE, PG_MAX_SUFFIX, PREFIX_SQL, SQLITE_ASSIGN, Readers
 
 __all__ = ["Store", "IndexRecord", "VersionRecord"]
 
-IN_CHUNK = 500  # keys / codes per IN (...) query
-SQLITE_BATCH = 50_000  # rows per executemany call (progress granularity)
+IN_CHUNK = 500  # keys per IN (...) list on SQLite
+PG_CHUNK = 5000  # keys / codes per array parameter on PostgreSQL
+BULK_BATCH = 50_000  # rows per executemany call or COPY stretch (progress granularity)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class Store(Transactions):
     # ------------------------------------------------------------------ hot reads
     def fast_prefix_page(self, index_id: int, version: int, lo: bytes, hi: bytes | None,
                          limit: int, after: tuple[bytes, int] | None = None) -> list:
-        """:meth:`prefix_page` without ``exclude``, on this thread's held read connection
+        """One page of a prefix, after the ``(code, suffix)`` of ``after``, on this thread's held read connection
         with precompiled SQL: the serving path, a few microseconds over the raw driver."""
         self._check_open()
         sql = PREFIX_SQL[self.dialect][(hi is not None, after is not None)]
@@ -190,29 +192,25 @@ class Store(Transactions):
         """Insert new item rows: executemany in large batches on SQLite, COPY on PostgreSQL."""
         rows = zip(repeat(index_id), repeat(version), keys, codes, suffixes.tolist(),
                    fingerprints.tolist())
+        batches = (list(islice(rows, BULK_BATCH)) for _ in range(0, len(keys), BULK_BATCH))
         raw = conn.connection.driver_connection
         cols = "index_id, version, item_key, code, suffix, fingerprint"
         if self.dialect == "sqlite":
-            sql = f"INSERT INTO semid_items ({cols}) VALUES (?, ?, ?, ?, ?, ?)"
-            cur = raw.cursor()
-            try:
-                n = len(keys)
-                for a in range(0, n, SQLITE_BATCH):
-                    cur.executemany(sql, _take(rows, min(SQLITE_BATCH, n - a)))
+            with closing(raw.cursor()) as cur:
+                for batch in batches:
+                    cur.executemany(f"INSERT INTO semid_items ({cols}) VALUES (?, ?, ?, ?, ?, ?)",
+                                    batch)
                     if progress:
-                        progress(min(SQLITE_BATCH, n - a))
-            finally:
-                cur.close()
+                        progress(len(batch))
         else:
             with raw.cursor() as cur, cur.copy(
                     f"COPY semid_items ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
                 cp.set_types(["int4", "int4", "text", "bytea", "int4", "int8"])
-                for i, row in enumerate(rows, 1):
-                    cp.write_row(row)
-                    if progress and i % SQLITE_BATCH == 0:
-                        progress(SQLITE_BATCH)
-            if progress and len(keys) % SQLITE_BATCH:
-                progress(len(keys) % SQLITE_BATCH)
+                for batch in batches:
+                    for row in batch:
+                        cp.write_row(row)
+                    if progress:
+                        progress(len(batch))
 
     def assign_items(self, conn: Connection, index_id: int, version: int, keys: Sequence[str],
                      codes: Sequence[bytes], fingerprints: np.ndarray) -> np.ndarray:
@@ -237,68 +235,54 @@ class Store(Transactions):
         # in code order (stable: equal codes keep input order, so suffixes still follow it):
         # consecutive rows then share B-tree pages, which are hot in the cache
         order = sorted(range(len(keys)), key=codes.__getitem__)
-        cur = conn.connection.driver_connection.cursor()
-        try:
+        with closing(conn.connection.driver_connection.cursor()) as cur:
             cur.executemany(sql, ((index_id, version, keys[i], codes[i], fps[i]) for i in order))
-        finally:
-            cur.close()
-        got = {k: s for k, _, s, _ in self._probe(conn, "keys", index_id, version, keys)}
-        return np.fromiter((got[k] for k in keys), dtype=np.int64, count=len(keys))
+        got = self.existing_items(conn, index_id, version, keys)
+        return np.fromiter((got[k][1] for k in keys), dtype=np.int64, count=len(keys))
 
     def existing_items(self, conn: Connection, index_id: int, version: int,
                        keys: Sequence[str]) -> dict[str, tuple[bytes, int, int]]:
         """key -> (code, suffix, fingerprint) for those of ``keys`` already in the version."""
+        pg = self.dialect == "postgresql"
+        chunk = PG_CHUNK if pg else IN_CHUNK
         out = {}
-        for k, code, suffix, fp in self._probe(conn, "keys", index_id, version, keys):
-            out[k] = (bytes(code), suffix, fp)
+        with closing(conn.connection.driver_connection.cursor()) as cur:
+            for a in range(0, len(keys), chunk):
+                part = list(keys[a:a + chunk])
+                if pg:
+                    cur.execute(KEY_PROBE["postgresql"], (part, index_id, version))
+                else:
+                    cur.execute(KEY_PROBE["sqlite"].replace("?*", ", ".join("?" * len(part))),
+                                (index_id, version, *part))
+                for k, code, suffix, fp in cur.fetchall():
+                    out[k] = (bytes(code), suffix, fp)
         return out
 
     def next_suffixes(self, conn: Connection, index_id: int, version: int,
                       codes: Sequence[bytes]) -> dict[bytes, int]:
         """code -> first suffix never issued for it (live items and retired IDs); 0 if unused.
+        PostgreSQL's allocation (SQLite's happens inside ``assign_items``' INSERT).
 
         Call under the index's write lock: the answer is only final while no one else writes.
         """
         out = dict.fromkeys(codes, 0)
-        probes = ["items_max"]
+        tables = ["semid_items"]
         if self._has_retired(conn, index_id, version):
-            probes.append("retired_max")  # only versions that ever retired an ID
-        for what in probes:
-            for code, top in self._probe(conn, what, index_id, version, codes):
-                code = bytes(code)
-                out[code] = max(out[code], top + 1)
+            tables.append("semid_retired")  # only versions that ever retired an ID
+        with closing(conn.connection.driver_connection.cursor()) as cur:
+            for table in tables:
+                for a in range(0, len(codes), PG_CHUNK):
+                    cur.execute(PG_MAX_SUFFIX.format(table=table),
+                                (list(codes[a:a + PG_CHUNK]), index_id, version))
+                    for code, top in cur.fetchall():
+                        code = bytes(code)
+                        out[code] = max(out[code], top + 1)
         return out
 
     def _has_retired(self, conn: Connection, index_id: int, version: int) -> bool:
         return conn.execute(select(retired.c.suffix).where(
             retired.c.index_id == index_id, retired.c.version == version).limit(1)).first() \
             is not None
-
-    def _probe(self, conn: Connection, what: str, index_id: int, version: int,
-               values: Sequence) -> Iterator[tuple]:
-        """Rows of one of the ``PROBES`` queries for many keys or codes, on the transaction's
-        DBAPI cursor: PostgreSQL gets them as one array parameter (each probes the primary
-        key or the code index; with stale statistics, as in a table filled by this very
-        transaction, an ``IN`` list may be planned as a walk over the whole version), SQLite
-        as ``IN (?, ...)`` lists of at most 500."""
-        cur = conn.connection.driver_connection.cursor()
-        try:
-            if self.dialect == "postgresql":
-                sql, chunk = PROBES[what][1], 5000
-                for a in range(0, len(values), chunk):
-                    cur.execute(sql, (list(values[a:a + chunk]), index_id, version))
-                    yield from cur.fetchall()
-            else:
-                for a in range(0, len(values), IN_CHUNK):
-                    part = list(values[a:a + IN_CHUNK])
-                    marks = ", ".join("?" * len(part))
-                    if what != "keys":
-                        marks = ", ".join(f"(?{i})" for i in range(3, len(part) + 3))
-                    sql = PROBES[what][0].replace("?*", marks)
-                    cur.execute(sql, (index_id, version, *part))
-                    yield from cur.fetchall()
-        finally:
-            cur.close()
 
     def retire_items(self, conn: Connection, index_id: int, version: int,
                      found: dict[str, tuple[bytes, int, int]]) -> None:
@@ -339,15 +323,13 @@ class Store(Transactions):
                 self.existing_items(conn, index_id, version, keys).items()}
 
     def prefix_page(self, conn: Connection, index_id: int, version: int, lo: bytes,
-                    hi: bytes | None, limit: int, after: tuple[bytes, int] | None = None,
+                    hi: bytes | None, limit: int,
                     exclude: tuple[bytes, bytes | None] | None = None) -> list:
-        """Rows (item_key, code, suffix) with ``lo <= code < hi``, ordered by (code, suffix),
-        strictly after ``after`` and outside the ``exclude`` key range; at most ``limit``."""
+        """Rows (item_key, code, suffix) with ``lo <= code < hi`` outside the ``exclude`` key
+        range, ordered by (code, suffix); at most ``limit``. (Pages of one prefix, the serving
+        path, go through :meth:`fast_prefix_page`.)"""
         conds = [items.c.index_id == index_id, items.c.version == version]
         conds += _range(items.c.code, lo, hi)
-        if after is not None:
-            code, suffix = after
-            conds += [items.c.code >= code, or_(items.c.code > code, items.c.suffix > suffix)]
         if exclude is not None:
             xlo, xhi = exclude
             outside = [items.c.code < xlo] + ([items.c.code >= xhi] if xhi is not None else [])
@@ -412,7 +394,4 @@ def _range(col, lo: bytes, hi: bytes | None) -> list:
         out.append(col < hi)
     return out
 
-
-def _take(it, n):
-    return islice(it, n)
 
