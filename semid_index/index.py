@@ -20,7 +20,7 @@ from .errors import (ConfigError, DimensionMismatchError, IndexNotFoundError, It
                      NonFiniteError, NotFittedError)
 from .ids import SemanticId
 from .storage import _migrate
-from .storage._codes import code_width, fingerprints, group_suffixes, pack_codes
+from .storage._codes import code_width, group_suffixes, pack_codes
 from .storage._store import IndexRecord, Store
 
 if TYPE_CHECKING:
@@ -349,40 +349,32 @@ class SemanticIdIndex(IndexReads):
     def _add_chunk(self, conn, rec: IndexRecord, version: int, keys, packed, fps, a: int, b: int,
                    on_conflict: str, out_codes: list, out_suffix: np.ndarray) -> None:
         store = self._store
-        found = store.existing_items(conn, rec.id, version, keys[a:b])
-        new = list(range(a, b))
-        retire, refresh = {}, []
-        if found:
-            new = []
-            for i in range(a, b):
-                hit = found.get(keys[i])
-                if hit is None:
-                    new.append(i)
-                    continue
-                code, suffix, fp = hit
-                if fp == fps[i] or on_conflict == "keep" or (
-                        on_conflict == "reassign" and code == packed[i]):
-                    out_codes[i], out_suffix[i] = code, suffix
-                    if fp != fps[i] and on_conflict == "reassign":
-                        refresh.append((keys[i], int(fps[i])))
-                elif on_conflict == "error":
-                    decode = store.decoder(rec.n_levels, rec.code_width)
-                    raise ItemConflictError(
-                        f"item {keys[i]!r} is already indexed as "
-                        f"{SemanticId._trusted(decode(code), suffix)} with a different embedding; "
-                        "pass on_conflict='reassign' to give it a new ID (or 'keep'), or remove "
-                        "it first")
-                else:  # reassign to other codes: retire the old ID
-                    retire[keys[i]] = hit
-                    new.append(i)
-        if not new:
-            store.update_fingerprints(conn, rec.id, version, refresh)
-            return
-        store.retire_items(conn, rec.id, version, retire)  # their IDs stay taken
+        got = store.add_items(conn, rec.id, version, keys[a:b], packed[a:b], fps[a:b])
+        new, retire, refresh = [], {}, []
+        for i, fp in enumerate(fps[a:b].tolist(), a):
+            hit = got[keys[i]]
+            code, suffix, stored_fp = hit
+            if stored_fp == fp or on_conflict == "keep" or (
+                    on_conflict == "reassign" and code == packed[i]):
+                out_codes[i], out_suffix[i] = code, suffix  # new, the same again, or kept
+                if stored_fp != fp and on_conflict == "reassign":
+                    refresh.append((keys[i], fp))
+            elif on_conflict == "error":
+                decode = store.decoder(rec.n_levels, rec.code_width)
+                raise ItemConflictError(
+                    f"item {keys[i]!r} is already indexed as "
+                    f"{SemanticId._trusted(decode(code), suffix)} with a different embedding; "
+                    "pass on_conflict='reassign' to give it a new ID (or 'keep'), or remove "
+                    "it first")
+            else:  # reassign to other codes: retire the old ID
+                retire[keys[i]] = hit
+                new.append(i)
         store.update_fingerprints(conn, rec.id, version, refresh)
-        idx = np.asarray(new)
-        out_suffix[idx] = store.assign_items(conn, rec.id, version, [keys[i] for i in new],
-                                             [packed[i] for i in new], fps[idx])
+        if new:
+            store.retire_items(conn, rec.id, version, retire)  # their IDs stay taken
+            idx = np.asarray(new)
+            out_suffix[idx] = store.assign_items(conn, rec.id, version, [keys[i] for i in new],
+                                                 [packed[i] for i in new], fps[idx])
 
     def remove(self, keys, *, missing: str = "raise") -> int:
         """Remove items from the active version; their IDs are retired, never issued again.
@@ -437,6 +429,8 @@ class SemanticIdIndex(IndexReads):
                      progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
         """(codes (N, L) int64, fingerprints (N,) int64); NaN/inf raise naming the item."""
         import torch
+
+        from ._fingerprint import fingerprints
 
         n = x.shape[0]
         codes = np.empty((n, model.n_levels), dtype=np.int64)

@@ -7,8 +7,7 @@
 """
 
 from ._codec import ALLOWED_DTYPES, CorruptBlobError, decode_array, encode_array
-from ._codes import (code_width, fingerprints, group_suffixes, pack_codes, prefix_range,
-                     unpack_codes)
+from ._codes import code_width, group_suffixes, pack_codes, prefix_range, unpack_codes
 from ._migrate import check_schema, current_revision, head_revision, script_location, upgrade
 from ._schema import metadata
 from ._store import IndexRecord, Store, VersionRecord
@@ -16,6 +15,6 @@ from ._store import IndexRecord, Store, VersionRecord
 __all__ = [
     "Store", "IndexRecord", "VersionRecord", "metadata",
     "encode_array", "decode_array", "CorruptBlobError", "ALLOWED_DTYPES",
-    "code_width", "pack_codes", "unpack_codes", "prefix_range", "group_suffixes", "fingerprints",
+    "code_width", "pack_codes", "unpack_codes", "prefix_range", "group_suffixes",
     "upgrade", "check_schema", "current_revision", "head_revision", "script_location",
 ]

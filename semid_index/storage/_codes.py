@@ -19,14 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import hashlib
-
 import numpy as np
 
 from ..errors import InvalidCodesError
 
-__all__ = ["code_width", "pack_codes", "unpack_codes", "prefix_range", "group_suffixes",
-           "fingerprints"]
+__all__ = ["code_width", "pack_codes", "unpack_codes", "prefix_range", "group_suffixes"]
 
 
 def code_width(codebook_sizes: Sequence[int]) -> int:
@@ -93,21 +90,3 @@ def group_suffixes(keys: Sequence[bytes]) -> np.ndarray:
     suffix = np.empty(n, dtype=np.int64)
     suffix[order] = np.arange(n) - run_start
     return suffix
-
-
-def fingerprints(rows: np.ndarray) -> np.ndarray:
-    """64-bit BLAKE2b fingerprints of float32 embedding rows: (N, D) -> (N,) int64.
-
-    Equal exactly when the rows are bit-for-bit equal (up to hash collisions, 2^-64); used to tell
-    "the same item again" from "this item's embedding changed".
-    """
-    a = np.ascontiguousarray(rows, dtype="<f4")
-    n = a.shape[0]
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    width = a[0].nbytes
-    buf = memoryview(a.reshape(n, -1)).cast("B")
-    blake = hashlib.blake2b
-    digests = b"".join(blake(buf[i * width:(i + 1) * width], digest_size=8).digest()
-                       for i in range(n))
-    return np.frombuffer(digests, dtype="<i8").astype(np.int64)

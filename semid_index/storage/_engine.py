@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from ..errors import ConfigError, SchemaError, StoreClosedError
+from ._wal import WalCheckpointer
 
 log = logging.getLogger("semid_index.storage")
 
 SUPPORTED = ("sqlite", "postgresql")
 DEFAULT_BUSY_TIMEOUT = 60.0
 SQLITE_WAL_PAGES = 50_000  # pages (4 KiB by default) in the WAL before an automatic checkpoint
+SQLITE_WAL_KEEP_BYTES = 256 << 20  # WAL file size kept at a rewind (above ~50,000 frames)
 SQLITE_CACHE_KIB = 128 * 1024  # page cache per connection, filled only as pages are read
 SQLITE_MMAP_BYTES = 1 << 30  # reads through a memory map: no system call per page
 
@@ -36,12 +39,14 @@ def _sqlite_pragmas(busy_timeout: float):
         if mode not in ("wal", "memory"):
             cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")  # durable at each WAL checkpoint; safe in WAL
-        # Checkpoint when the WAL reaches ~200 MB instead of 4 MB: adds write B-tree pages at
-        # random, and one big checkpoint writes each page once however many commits changed it
-        # (small ones rewrite and fsync the same pages over and over). The file is truncated
-        # back to 64 MB afterwards.
+        # Checkpoints run in a background thread (_wal.py). This is the backstop for when it falls
+        # behind, and what rewinds the WAL: at ~200 MB of WAL the committing writer copies what
+        # the thread has not yet (large checkpoints write each page once however many commits
+        # changed it). The WAL file may keep its ~200 MB while the database is open (truncating
+        # it at every rewind costs a writer ~150 ms); SQLite deletes it when the last
+        # connection closes.
         cur.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_WAL_PAGES}")
-        cur.execute(f"PRAGMA journal_size_limit = {64 << 20}")
+        cur.execute(f"PRAGMA journal_size_limit = {SQLITE_WAL_KEEP_BYTES}")
         # key and code probes of a large index hit random B-tree pages: keep them in memory
         cur.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
         cur.execute(f"PRAGMA mmap_size = {SQLITE_MMAP_BYTES}")
@@ -81,6 +86,17 @@ def make_engine(target, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> tuple[
     return engine, owned
 
 
+def sqlite_file(engine: Engine) -> str | None:
+    """Absolute path of the engine's SQLite file; None for PostgreSQL, in-memory databases and
+    ``file:`` URIs (whose options a second plain connection could not honour)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    db = engine.url.database
+    if not db or db == ":memory:" or db.startswith("file:") or engine.url.query.get("uri"):
+        return None
+    return os.path.abspath(db)
+
+
 def describe(engine: Engine) -> str:
     """The engine's URL without its password, for messages."""
     return engine.url.render_as_string(hide_password=True)
@@ -89,14 +105,19 @@ def describe(engine: Engine) -> str:
 class Transactions:
     """Connections from one engine: ``read()`` and ``write()`` context managers."""
 
-    def __init__(self, engine: Engine, owned: bool):
+    def __init__(self, engine: Engine, owned: bool, *,
+                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
         self.engine = engine
         self._owned = owned
         self.closed = False
         self.url = describe(engine)
         self.dialect = engine.dialect.name
+        path = sqlite_file(engine)
+        self.wal = None if path is None else WalCheckpointer(path, busy_timeout=busy_timeout)
 
     def close(self) -> None:
+        if self.wal is not None:
+            self.wal.close()
         if not self.closed and self._owned:
             self.engine.dispose()
         self.closed = True
@@ -130,6 +151,8 @@ class Transactions:
                 if self.dialect == "sqlite":
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
                 yield conn
+            if self.wal is not None:
+                self.wal.committed(conn.connection.driver_connection, conn.connection.info)
 
 
 @contextlib.contextmanager

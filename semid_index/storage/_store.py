@@ -73,7 +73,7 @@ class Store(Transactions):
     def __init__(self, target, *, busy_timeout: float | None = None):
         kw = {} if busy_timeout is None else {"busy_timeout": busy_timeout}
         engine, owned = make_engine(target, **kw)
-        super().__init__(engine, owned)
+        super().__init__(engine, owned, **kw)
         self._unpack: dict[tuple[int, int], Callable] = {}
         self._readers = Readers(engine)
 
@@ -212,24 +212,31 @@ class Store(Transactions):
                     if progress:
                         progress(len(batch))
 
-    def assign_items(self, conn: Connection, index_id: int, version: int, keys: Sequence[str],
-                     codes: Sequence[bytes], fingerprints: np.ndarray) -> np.ndarray:
-        """Insert new items, each with the next suffix never issued for its code (live or
-        retired), in input order; their suffixes (N,) int64. Under the index's write lock.
+    def add_items(self, conn: Connection, index_id: int, version: int, keys: Sequence[str],
+                  codes: Sequence[bytes], fingerprints: np.ndarray
+                  ) -> dict[str, tuple[bytes, int, int]]:
+        """Insert those of ``keys`` not yet in the version, each with the next suffix never
+        issued for its code (live or retired), suffixes following input order; then key ->
+        (code, suffix, fingerprint) as stored, for every key. A key that was already there
+        keeps its row: the caller compares fingerprints to see whether it changed. Under the
+        index's write lock.
 
-        SQLite computes each suffix inside the INSERT (the seek for the code's largest suffix
-        lands on the page the row then goes to: one B-tree descent per item, not two) and reads
-        the suffixes back by primary key; PostgreSQL probes all codes in one statement, then
-        COPYs the rows.
+        SQLite inserts with ``INSERT OR IGNORE`` and computes each suffix inside the INSERT
+        (the seek for the code's largest suffix lands on the page the row then goes to: one
+        B-tree descent per item, not two), then reads the rows back by primary key: two
+        statements, no probe first. PostgreSQL probes the keys, then the codes, then COPYs.
         """
         if self.dialect != "sqlite":
-            nxt = self.next_suffixes(conn, index_id, version, list(set(codes)))
-            suffixes = np.empty(len(keys), dtype=np.int64)
-            for i, code in enumerate(codes):
-                suffixes[i] = nxt[code]
-                nxt[code] += 1
-            self.insert_items(conn, index_id, version, keys, codes, suffixes, fingerprints)
-            return suffixes
+            got = self.existing_items(conn, index_id, version, keys)
+            new = [i for i, k in enumerate(keys) if k not in got]
+            if new:
+                sub = [codes[i] for i in new]
+                fps = fingerprints[new]
+                suffixes = self.assign_items(conn, index_id, version, [keys[i] for i in new],
+                                             sub, fps)
+                for i, code, suffix, fp in zip(new, sub, suffixes.tolist(), fps.tolist()):
+                    got[keys[i]] = (code, suffix, fp)
+            return got
         sql = SQLITE_ASSIGN[self._has_retired(conn, index_id, version)]
         fps = fingerprints.tolist()
         # in code order (stable: equal codes keep input order, so suffixes still follow it):
@@ -238,7 +245,26 @@ class Store(Transactions):
         with closing(conn.connection.driver_connection.cursor()) as cur:
             cur.executemany(sql, ((index_id, version, keys[i], codes[i], fps[i]) for i in order))
         got = self.existing_items(conn, index_id, version, keys)
-        return np.fromiter((got[k][1] for k in keys), dtype=np.int64, count=len(keys))
+        if len(got) != len(set(keys)):  # OR IGNORE skipped a row for another reason
+            lost = next(k for k in keys if k not in got)
+            raise RuntimeError(f"item {lost!r} was neither inserted nor found in {self.url}")
+        return got
+
+    def assign_items(self, conn: Connection, index_id: int, version: int, keys: Sequence[str],
+                     codes: Sequence[bytes], fingerprints: np.ndarray) -> np.ndarray:
+        """Insert items whose keys are not in the version, each with the next suffix never
+        issued for its code (live or retired), in input order; their suffixes (N,) int64.
+        Under the index's write lock."""
+        if self.dialect == "sqlite":
+            got = self.add_items(conn, index_id, version, keys, codes, fingerprints)
+            return np.fromiter((got[k][1] for k in keys), dtype=np.int64, count=len(keys))
+        nxt = self.next_suffixes(conn, index_id, version, list(set(codes)))
+        suffixes = np.empty(len(keys), dtype=np.int64)
+        for i, code in enumerate(codes):
+            suffixes[i] = nxt[code]
+            nxt[code] += 1
+        self.insert_items(conn, index_id, version, keys, codes, suffixes, fingerprints)
+        return suffixes
 
     def existing_items(self, conn: Connection, index_id: int, version: int,
                        keys: Sequence[str]) -> dict[str, tuple[bytes, int, int]]:
