@@ -105,15 +105,14 @@ def describe(engine: Engine) -> str:
 class Transactions:
     """Connections from one engine: ``read()`` and ``write()`` context managers."""
 
-    def __init__(self, engine: Engine, owned: bool, *,
-                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
+    def __init__(self, engine: Engine, owned: bool):
         self.engine = engine
         self._owned = owned
         self.closed = False
         self.url = describe(engine)
         self.dialect = engine.dialect.name
         path = sqlite_file(engine)
-        self.wal = None if path is None else WalCheckpointer(path, busy_timeout=busy_timeout)
+        self.wal = None if path is None else WalCheckpointer(path)
 
     def close(self) -> None:
         if self.wal is not None:

@@ -73,7 +73,7 @@ class Store(Transactions):
     def __init__(self, target, *, busy_timeout: float | None = None):
         kw = {} if busy_timeout is None else {"busy_timeout": busy_timeout}
         engine, owned = make_engine(target, **kw)
-        super().__init__(engine, owned, **kw)
+        super().__init__(engine, owned)
         self._unpack: dict[tuple[int, int], Callable] = {}
         self._readers = Readers(engine)
 

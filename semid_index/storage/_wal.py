@@ -8,15 +8,18 @@ checkpoints ~600 ms, nearly all of it waiting on the disk.
 
 :class:`WalCheckpointer` moves that work to a thread with its own connection. Writers report
 each commit (:meth:`~WalCheckpointer.committed`, a few microseconds); every ``soft_changes``
-changed rows the thread runs a passive checkpoint, which blocks neither readers nor writers,
-while the writer goes on encoding and inserting.
+changed rows the thread runs
 
-The WAL still has to rewind to its start now and then, or the file and its index grow without
-bound; SQLite rewinds it when a write begins with every frame already copied. That is what
-``wal_autocheckpoint`` (kept on every connection, well above ``soft_changes``) does: the writer
-that crosses it checkpoints in its commit, which by then only has to copy what arrived since
-the thread's last pass, and the next write rewinds. If the thread falls behind, or a process
-forks without it, the same setting checkpoints everything in the commit, as SQLite always does.
+1. a passive checkpoint, which blocks neither readers nor writers, while the writer goes on
+   encoding and inserting: the long copy;
+2. a RESTART checkpoint that never waits (the connection's busy timeout is 0): if no writer
+   holds the lock at that instant it copies the few frames committed during step 1, and the next
+   write rewinds the WAL to its start. If a writer is busy it copies what it can and the WAL
+   rewinds at a later pass.
+
+The WAL has to rewind now and then, or the file and its index grow without bound. If the thread
+falls behind (or a process forks without it), ``wal_autocheckpoint``, kept on every connection
+well above ``soft_changes``, checkpoints and rewinds in the commit, as SQLite always does.
 
 Errors in the thread (a busy database, a removed file) are logged; a checkpoint is an
 optimisation, never part of a transaction's outcome.
@@ -37,10 +40,9 @@ SOFT_CHANGES = 20_000  # rows changed since the last pass before the thread runs
 class WalCheckpointer:
     """Checkpoints one SQLite file's WAL from a daemon thread (started on first use)."""
 
-    def __init__(self, path: str, *, busy_timeout: float, soft_changes: int = SOFT_CHANGES):
+    def __init__(self, path: str, *, soft_changes: int = SOFT_CHANGES):
         self.path = path
         self.soft_changes = soft_changes
-        self._busy_ms = int(busy_timeout * 1000)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._changes = 0  # rows changed since the last pass began
@@ -96,8 +98,8 @@ class WalCheckpointer:
     def _run(self) -> None:
         conn = None
         try:
-            conn = sqlite3.connect(self.path, timeout=self._busy_ms / 1000, isolation_level=None,
-                                   check_same_thread=True)
+            # timeout 0: a checkpoint never waits for a lock, it copies what it can
+            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
             while True:
                 with self._lock:
                     while not self._pending and not self._closed:
@@ -105,7 +107,11 @@ class WalCheckpointer:
                     if self._closed:
                         return
                 try:
+                    # the long copy, alongside readers and writers; then the short one: the
+                    # frames committed meanwhile, under the write lock if it is free right now
+                    # (no waiting), after which the next writer rewinds the WAL
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
                 except sqlite3.OperationalError as e:  # e.g. the file is locked exclusively
                     log.debug("background checkpoint of %s: %s", self.path, e)
                 with self._lock:
