@@ -11,7 +11,7 @@ from . import _inputs
 from ._results import IdChange, IndexedItem, IndexStats, PrefixPage, SimilarItem, VersionInfo
 from .errors import ConfigError, UnknownItemError
 from .ids import SemanticId
-from .storage._codes import pack_codes, prefix_range
+from .storage._codes import pack_codes, prefix_range, unpack_codes
 
 _new_tuple = tuple.__new__  # NamedTuple construction without the Python-level __new__
 
@@ -176,6 +176,39 @@ class IndexReads:
             for key, oc, os_, nc, ns in self._store.id_pairs(conn, rec.id, old_version,
                                                              new_version):
                 yield IdChange(key, sid(oc, os_), sid(nc, ns))
+
+
+    def iter_items(self, *, version: int | None = None,
+                   batch: int = 10_000) -> Iterator[IndexedItem]:
+        """Every item of a version (default: the active one), ordered by ID, streamed in pages
+        of ``batch`` from one snapshot."""
+        version = self._version_or_active(version)
+        rec = self._record
+        decode = self._store.decoder(rec.n_levels, rec.code_width)
+        with self._store.read(snapshot=True) as conn:
+            for page in self._store.iter_rows(conn, rec.id, version, batch):
+                for key, code, suffix in page:
+                    yield _new_tuple(IndexedItem, (key, SemanticId._trusted(decode(code), suffix)))
+
+    def id_arrays(self, *, version: int | None = None) -> tuple[list[str], np.ndarray]:
+        """All items of a version at once, ordered by ID: (keys (N,), ids (N, L + 1) int64, the L
+        level codes then the suffix). ~8 (L + 1) bytes per item plus the keys."""
+        version = self._version_or_active(version)
+        rec = self._record
+        keys: list[str] = []
+        codes: list[bytes] = []
+        suffixes: list[int] = []
+        with self._store.read(snapshot=True) as conn:
+            for page in self._store.iter_rows(conn, rec.id, version, 50_000):
+                for key, code, suffix in page:
+                    keys.append(key)
+                    codes.append(code)
+                    suffixes.append(suffix)
+        out = np.empty((len(keys), rec.n_levels + 1), dtype=np.int64)
+        if keys:
+            out[:, :-1] = unpack_codes(codes, rec.n_levels, rec.code_width)
+            out[:, -1] = suffixes
+        return keys, out
 
 
 def _raise_unknown(keys: list[str], index_name: str):

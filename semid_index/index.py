@@ -428,9 +428,8 @@ class SemanticIdIndex(IndexReads):
     def _encode_rows(self, model, x: np.ndarray, keys: Sequence[str] | None,
                      progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
         """(codes (N, L) int64, fingerprints (N,) int64); NaN/inf raise naming the item."""
-        import torch
-
         from ._fingerprint import fingerprints
+        from .quantize._data import tensor_view
 
         n = x.shape[0]
         codes = np.empty((n, model.n_levels), dtype=np.int64)
@@ -439,7 +438,7 @@ class SemanticIdIndex(IndexReads):
             for a in range(0, n, ENCODE_BLOCK):
                 blk = np.ascontiguousarray(x[a:a + ENCODE_BLOCK], dtype=np.float32)
                 _inputs.check_finite(blk, a, keys)
-                codes[a:a + len(blk)] = model.encode(torch.from_numpy(blk)).numpy()
+                codes[a:a + len(blk)] = model.encode(tensor_view(blk)).numpy()
                 fps[a:a + len(blk)] = fingerprints(blk)
                 bar.update(len(blk))
         return codes, fps

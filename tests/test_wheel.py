@@ -49,3 +49,7 @@ def test_wheel_installs_into_a_fresh_venv_and_creates_an_index(tmp_path):
     sid, count = out.split()
     assert count == "400" and sid.count("-") == 2
     assert db.stat().st_size > 0
+    # the console script comes with the wheel and reads the index the library wrote
+    out = run(venv / "bin" / "semid", "stats", "--db", f"sqlite:///{db}", "--index", "wheel",
+              "--json", cwd=tmp_path)
+    assert '"items": 400' in out

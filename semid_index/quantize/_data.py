@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import warnings
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -24,6 +25,16 @@ from ..errors import ConfigError, DimensionMismatchError, EmptyInputError, NonFi
 
 DEFAULT_CHUNK_BYTES = 64 << 20  # rows read at once from a source; bounds streaming memory
 MIX_BLOCKS = 16  # random blocks mixed into one shuffled chunk
+
+
+def tensor_view(a: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy`` without its warning for read-only arrays (a memory-mapped file, a
+    caller's frozen array): the kernels only read their input, never write to it."""
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
 
 
 def as_float_tensor(x, *, name: str = "embeddings") -> torch.Tensor:
@@ -36,7 +47,7 @@ def as_float_tensor(x, *, name: str = "embeddings") -> torch.Tensor:
     elif isinstance(x, np.ndarray):
         if x.dtype.kind not in "fiub":
             raise ConfigError(f"{name} must be numeric, got dtype {x.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        t = tensor_view(np.ascontiguousarray(x, dtype=np.float32))
     else:
         try:
             t = torch.as_tensor(np.asarray(x, dtype=np.float32))
@@ -169,7 +180,7 @@ class ArraySource(Source):
         else:
             ok = part.dtype == np.float32 and part.flags.c_contiguous and \
                 not isinstance(self.data, np.memmap)
-            t = torch.from_numpy(part) if ok else None
+            t = tensor_view(part) if ok else None
         if t is None:
             return self._rows(a, b)
         if not self.checked:

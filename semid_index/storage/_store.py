@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 from itertools import islice, repeat
 
 import numpy as np
-from sqlalchemy import bindparam, delete, func, insert, null as null_, or_, select, union_all, update
+from sqlalchemy import (bindparam, delete, func, insert, null as null_, or_, select, tuple_,
+                        union_all, update)
 from sqlalchemy.engine import Connection
 
 from ..errors import IndexExistsError, IndexNotFoundError
@@ -363,6 +364,28 @@ class Store(Transactions):
         stmt = (select(items.c.item_key, items.c.code, items.c.suffix).where(*conds)
                 .order_by(items.c.code, items.c.suffix).limit(limit))
         return conn.execute(stmt).all()
+
+    def iter_rows(self, conn: Connection, index_id: int, version: int,
+                  batch: int = 10_000) -> Iterator[list[tuple[str, bytes, int]]]:
+        """Every item of a version as (item_key, code, suffix), ordered by (code, suffix), in
+        lists of at most ``batch`` rows: keyset pages on the code index, so memory stays flat
+        and each page is one range scan."""
+        base = [items.c.index_id == index_id, items.c.version == version]
+        after = None
+        while True:
+            conds = list(base)
+            if after is not None:
+                conds.append(tuple_(items.c.code, items.c.suffix) > tuple_(*after))
+            rows = conn.execute(select(items.c.item_key, items.c.code, items.c.suffix)
+                                .where(*conds).order_by(items.c.code, items.c.suffix)
+                                .limit(batch)).all()
+            if not rows:
+                return
+            page = [(k, bytes(c), s) for k, c, s in rows]
+            yield page
+            if len(rows) < batch:
+                return
+            after = page[-1][1], page[-1][2]
 
     def count_range(self, conn: Connection, index_id: int, version: int, lo: bytes,
                     hi: bytes | None) -> int:

@@ -1,0 +1,504 @@
+"""The ``semid`` command: build, query and export a semantic-ID index from the shell.
+
+Every command takes ``--db URL`` (default ``$SEMID_DB``, else ``sqlite:///semid.db``: a SQLite
+file in the current directory), ``--index NAME`` (default ``$SEMID_INDEX``, else ``default``)
+and ``--json`` (machine-readable output). Errors print one line to stderr and exit with
+status 1 (2 for a usage error); nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from . import _cli_io as io
+from .errors import SemanticIdError
+
+DEFAULT_DB = "sqlite:///semid.db"
+_CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class _Group(click.Group):
+    """Turns library, database and file errors into one line and exit status 1."""
+
+    def invoke(self, ctx):
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return super().invoke(ctx)
+        except SemanticIdError as e:
+            _fail(e.args[0] if e.args else str(e))
+        except SQLAlchemyError as e:
+            text = str(getattr(e, "orig", None) or e).strip().splitlines()
+            _fail(f"database error: {text[0] if text else type(e).__name__}")
+        except OSError as e:
+            _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
+
+def _fail(message: str, status: int = 1):
+    click.echo(f"semid: error: {message}", err=True)
+    sys.exit(status)
+
+
+def _common(f):
+    """--db, --index and --json on every command (they may follow the command name)."""
+    f = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
+    f = click.option("--index", "-i", "index_name", envvar="SEMID_INDEX", default="default",
+                     show_default=True, help="Index name [env: SEMID_INDEX].")(f)
+    f = click.option("--db", envvar="SEMID_DB", default=DEFAULT_DB, show_default=True,
+                     help="Database URL: sqlite:///file.db or postgresql+psycopg://... "
+                          "[env: SEMID_DB].")(f)
+    return f
+
+
+def _inputs(f):
+    """Options that say where item keys and embeddings come from."""
+    f = click.option("--row-numbers", is_flag=True,
+                     help="Use row numbers 0..N-1 as item keys.")(f)
+    f = click.option("--column", help="Embeddings: the .npz array or Parquet list column "
+                                      "(default: embeddings / embedding).")(f)
+    f = click.option("--key-column", help="Parquet column holding the item keys (default: key).")(f)
+    f = click.option("--keys", "keys_file", type=click.Path(dir_okay=False),
+                     help="Text file of item keys, one per line, in row order.")(f)
+    return f
+
+
+def _open(db: str, name: str):
+    from .index import SemanticIdIndex
+
+    return SemanticIdIndex.open(db, name)
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+@click.group(cls=_Group, context_settings=_CTX)
+@click.version_option(package_name="semid-index", prog_name="semid")
+def main():
+    """Hierarchical semantic IDs for item embeddings, kept in SQLite or PostgreSQL.
+
+    \b
+    semid fit movies.parquet --key-column title     # train, assign IDs, store them
+    semid similar "Toy Story (1995)"                # items sharing the longest prefix
+    semid export ids.jsonl                          # IDs and token strings for training
+    """
+
+
+# ============================================================================ writing
+@main.command(context_settings=_CTX)
+@_common
+@click.option("--levels", "-L", type=click.IntRange(1, 16), default=3, show_default=True,
+              help="Levels of the hierarchy.")
+@click.option("--codebook-size", "-k", default="256", show_default=True,
+              help="Codes per level: one number, or one per level (256,256,512).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
+@click.option("--normalize-residuals", is_flag=True, help="GRID-style unit-normalised residuals.")
+@click.option("--exist-ok", is_flag=True, help="Succeed if the index already exists.")
+def init(db, index_name, as_json, levels, codebook_size, seed, normalize_residuals, exist_ok):
+    """Create an empty index.
+
+    \b
+    semid init --levels 3 --codebook-size 256
+    semid --help                                    # then: semid fit, semid add, ...
+    """
+    from .index import SemanticIdIndex
+
+    sizes = _sizes(codebook_size, levels)
+    opts = {"seed": seed}
+    if normalize_residuals:
+        opts["normalize_residuals"] = True
+    with SemanticIdIndex.create(db, index_name, n_levels=levels, codebook_size=sizes,
+                                exist_ok=exist_ok, **opts) as idx:
+        out = {"index": idx.name, "db": idx.url, "levels": idx.n_levels,
+               "codebook_sizes": list(idx.codebook_sizes)}
+    if as_json:
+        io.emit_json(out)
+    else:
+        click.echo(f"index {out['index']!r} in {out['db']}: {levels} levels of "
+                   f"{'/'.join(map(str, out['codebook_sizes']))} codes")
+
+
+def _sizes(text: str, levels: int):
+    try:
+        sizes = [int(s) for s in str(text).split(",")]
+    except ValueError:
+        _fail(f"--codebook-size must be a number or numbers joined by commas, got {text!r}")
+    if len(sizes) == 1:
+        return sizes[0]
+    if len(sizes) != levels:
+        _fail(f"--codebook-size lists {len(sizes)} sizes for {levels} levels")
+    return sizes
+
+
+@main.command(context_settings=_CTX)
+@_common
+@click.argument("embeddings", type=click.Path(dir_okay=False))
+@_inputs
+@click.option("--levels", "-L", type=click.IntRange(1, 16), default=3, show_default=True,
+              help="Levels, if the index is created here (else checked against it).")
+@click.option("--codebook-size", "-k", default="256", show_default=True,
+              help="Codes per level, if the index is created here (else checked against it).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Training seed, if the index is created here.")
+def fit(db, index_name, as_json, embeddings, keys_file, key_column, column, row_numbers, levels,
+        codebook_size, seed):
+    """Train codebooks on EMBEDDINGS and give every item an ID (a new active version).
+
+    EMBEDDINGS is a .npy (memory-mapped), .npz or .parquet file; the index is created first
+    if it does not exist. One transaction: on any error the database is as before.
+
+    \b
+    semid fit vectors.npy --keys items.txt -L 3 -k 256
+    semid fit movies.parquet --key-column title --column embedding
+    """
+    from .errors import IndexNotFoundError
+    from .index import SemanticIdIndex
+
+    keys, x = io.read_embeddings(embeddings, keys_file=keys_file, key_column=key_column,
+                                 column=column, row_numbers=row_numbers)
+    t = time.perf_counter()
+    ctx = click.get_current_context()
+    shape_given = any(ctx.get_parameter_source(p) != click.core.ParameterSource.DEFAULT
+                      for p in ("levels", "codebook_size"))
+    idx = None
+    if not shape_given:  # an existing index keeps its shape
+        try:
+            idx = SemanticIdIndex.open(db, index_name)
+        except IndexNotFoundError:
+            pass
+    if idx is None:  # create it, or check that the existing one has the shape asked for
+        idx = SemanticIdIndex.create(db, index_name, n_levels=levels,
+                                     codebook_size=_sizes(codebook_size, levels),
+                                     exist_ok=True, seed=seed)
+    with idx:
+        idx.fit(keys, x, progress=_progress())
+        s = idx.stats()
+    out = {"index": s.name, "version": s.version, "items": s.n_items, "dim": s.dim,
+           "codebook_sizes": list(s.codebook_sizes), "collision_rate": s.collision_rate,
+           "seconds": round(time.perf_counter() - t, 3)}
+    if as_json:
+        io.emit_json(out)
+    else:
+        click.echo(f"fitted version {s.version} of {s.name!r}: {s.n_items:,} items, D={s.dim}, "
+                   f"{'/'.join(map(str, s.codebook_sizes))} codes, "
+                   f"{s.collision_rate:.2%} with a suffix > 0 ({out['seconds']:.1f} s)")
+
+
+@main.command(context_settings=_CTX)
+@_common
+@click.argument("embeddings", type=click.Path(dir_okay=False))
+@_inputs
+@click.option("--on-conflict", type=click.Choice(["error", "keep", "reassign"]), default="error",
+              show_default=True, help="A key already indexed with another embedding.")
+def add(db, index_name, as_json, embeddings, keys_file, key_column, column, row_numbers,
+        on_conflict):
+    """Give new items IDs with the frozen codebooks (no retraining; issued IDs never change).
+
+    \b
+    semid add new_items.npy --keys new_items.txt
+    semid add today.parquet --key-column sku --on-conflict reassign
+    """
+    keys, x = io.read_embeddings(embeddings, keys_file=keys_file, key_column=key_column,
+                                 column=column, row_numbers=row_numbers)
+    with _open(db, index_name) as idx:
+        ids = idx.add(keys, x, on_conflict=on_conflict, progress=_progress())
+        version = idx.active_version
+    if as_json:
+        io.emit_json({"version": version, "added": len(ids),
+                      "ids": {k: str(i) for k, i in zip(keys, ids)}})
+        return
+    click.echo(f"{_n(len(ids), 'item')} assigned IDs in version {version}")
+    if len(ids) <= 20:
+        click.echo(io.table(["key", "id"], [[k, str(i)] for k, i in zip(keys, ids)]))
+
+
+@main.command(context_settings=_CTX)
+@_common
+@click.argument("keys", nargs=-1)
+@click.option("--keys", "keys_file", type=click.Path(dir_okay=False),
+              help="Text file of item keys, one per line.")
+@click.option("--missing", type=click.Choice(["raise", "ignore"]), default="raise",
+              show_default=True, help="Unknown keys: fail (removing nothing) or skip them.")
+def remove(db, index_name, as_json, keys, keys_file, missing):
+    """Remove items; their IDs are retired and never issued again.
+
+    \b
+    semid remove sku-1 sku-2
+    semid remove --keys discontinued.txt --missing ignore
+    """
+    keys = list(keys) + (io.read_keys(keys_file) if keys_file else [])
+    if not keys:
+        _fail("name the items to remove: KEY... or --keys FILE")
+    with _open(db, index_name) as idx:
+        n = idx.remove(keys, missing=missing)
+    if as_json:
+        io.emit_json({"removed": n})
+    else:
+        click.echo(f"{_n(n, 'item')} removed")
+
+
+# ============================================================================ reading
+@main.command(context_settings=_CTX)
+@_common
+@click.argument("keys", nargs=-1, required=True)
+def lookup(db, index_name, as_json, keys):
+    """Print the semantic IDs of items.
+
+    \b
+    semid lookup "Toy Story (1995)" "Heat (1995)"
+    """
+    with _open(db, index_name) as idx:
+        ids = idx.lookup_many(list(keys))
+    if as_json:
+        io.emit_json([{"key": k, "id": str(i), "tokens": i.tokens()} for k, i in zip(keys, ids)])
+    else:
+        click.echo(io.table(["key", "id", "tokens"], [[k, str(i), i.tokens()]
+                                                      for k, i in zip(keys, ids)]))
+
+
+@main.command(context_settings=_CTX)
+@_common
+@click.argument("key")
+@click.option("--limit", "-n", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--min-shared", type=click.IntRange(1), default=1, show_default=True,
+              help="Only items sharing at least this many leading levels.")
+def similar(db, index_name, as_json, key, limit, min_shared):
+    """Items sharing the longest ID prefix with KEY, deepest first.
+
+    \b
+    semid similar "Toy Story (1995)" --limit 5
+    """
+    with _open(db, index_name) as idx:
+        me = idx.lookup(key)
+        hits = idx.similar(key, limit=limit, min_shared=min_shared)
+    if as_json:
+        io.emit_json({"key": key, "id": str(me), "similar": [
+            {"key": h.key, "id": str(h.id), "shared_levels": h.shared_levels} for h in hits]})
+    else:
+        click.echo(f"{key}  {me}")
+        click.echo(io.table(["shared", "key", "id"],
+                            [[h.shared_levels, h.key, str(h.id)] for h in hits], right={0}))
+
+
+@main.command(context_settings=_CTX)
+@_common
+@click.argument("prefix")
+@click.option("--limit", "-n", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--cursor", help="The cursor printed by the previous page.")
+@click.option("--count", "count_only", is_flag=True,
+              help="Print the number of items and of each next code instead of items.")
+def prefix(db, index_name, as_json, prefix, limit, cursor, count_only):
+    """Items whose ID starts with PREFIX ("12" or "12-201"), ordered by ID, one page at a time.
+
+    \b
+    semid prefix 12-201
+    semid prefix 12-201 --cursor 12-201-7-0
+    semid prefix 12 --count
+    """
+    with _open(db, index_name) as idx:
+        if count_only:
+            n = idx.count(prefix)
+            children = idx.child_counts(prefix) if len(prefix.split("-")) < idx.n_levels \
+                else {}
+            if as_json:
+                io.emit_json({"prefix": prefix, "items": n,
+                              "next_codes": {str(c): k for c, k in children.items()}})
+            else:
+                click.echo(f"{prefix}: {n:,} items")
+                if children:
+                    click.echo(io.table(["next code", "items"],
+                                        [[c, k] for c, k in children.items()], right={0, 1}))
+            return
+        page = idx.items_with_prefix(prefix, limit=limit, cursor=cursor)
+    if as_json:
+        io.emit_json({"items": [{"key": it.key, "id": str(it.id)} for it in page],
+                      "cursor": page.cursor})
+    else:
+        click.echo(io.table(["id", "key"], [[str(it.id), it.key] for it in page]))
+        if page.cursor:
+            click.echo(f"next page: --cursor {page.cursor}")
+
+
+@main.command(context_settings=_CTX)
+@_common
+@click.option("--embeddings", type=click.Path(dir_okay=False),
+              help="Also report the reconstruction error of these embeddings (.npy/.npz/.parquet).")
+@click.option("--column", help="The .npz array or Parquet column of --embeddings.")
+@click.option("--version", "version", type=int, help="A version other than the active one.")
+def stats(db, index_name, as_json, embeddings, column, version):
+    """The quality report: per-level utilisation, dead codes, entropy and perplexity, collision
+    rate, largest group, unique share at each depth (and reconstruction error with --embeddings).
+
+    \b
+    semid stats
+    semid stats --embeddings vectors.npy
+    """
+    from .quantize._metrics import code_statistics
+
+    with _open(db, index_name) as idx:
+        s = idx.stats(version=version)
+        _, ids = idx.id_arrays(version=version)
+        rel = None
+        if embeddings:
+            x = io.read_embeddings(embeddings, column=column, row_numbers=True)[1]
+            rel = idx.model.quality(x).relative_error if version is None else \
+                idx._model_for(version).quality(x).relative_error
+    if len(ids) == 0:
+        _fail(f"index {s.name!r} has no items yet: run semid fit first")
+    cs = code_statistics(ids[:, :-1], s.codebook_sizes)
+    out = {"index": s.name, "db": s.url, "version": s.version, "versions": s.n_versions,
+           "items": s.n_items, "dim": s.dim, "codebook_sizes": list(s.codebook_sizes),
+           "retired_ids": s.n_retired, "distinct_codes": cs["unique_full_codes"],
+           "collision_rate": cs["collision_rate"], "suffixed_share": s.collision_rate,
+           "largest_group": cs["largest_group"],
+           "max_suffix": s.max_suffix, "unique_share": cs["unique_share"],
+           "levels": [vars(lv) for lv in cs["levels"]], "reconstruction_error": rel}
+    if as_json:
+        io.emit_json(out)
+        return
+    click.echo(f"index {s.name!r} in {s.url}: version {s.version} of {s.n_versions}, "
+               f"{s.n_items:,} items, D={s.dim}, {s.n_retired:,} retired IDs")
+    click.echo(io.table(
+        ["level", "K", "used", "dead", "util", "entropy bits", "perplexity", "top share",
+         "unique share"],
+        [[lv.level, lv.codebook_size, lv.used, lv.dead, f"{lv.utilisation:.1%}",
+          f"{lv.entropy_bits:.2f}", f"{lv.perplexity:.1f}", f"{lv.largest_share:.2%}",
+          f"{share:.2%}"] for lv, share in zip(cs["levels"], cs["unique_share"])],
+        right=set(range(9))))
+    click.echo(f"distinct full codes {cs['unique_full_codes']:,}; collision rate (items sharing "
+               f"all {s.n_levels} codes with another) {cs['collision_rate']:.2%}; items with a "
+               f"suffix > 0 {s.collision_rate:.2%}; largest group {cs['largest_group']}")
+    if rel is not None:
+        click.echo(f"reconstruction error ||x - x_hat||^2 / ||x||^2: {rel:.4f}")
+
+
+@main.command(context_settings=_CTX)
+@_common
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--what", type=click.Choice(["ids", "next-codes", "grid"]), default="ids",
+              show_default=True,
+              help="ids: one record per item; next-codes: the valid next codes after every "
+                   "prefix (constrained decoding); grid: GRID's (L+1) x N array (.npy).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "npz"]),
+              help="Default: from OUT's extension.")
+@click.option("--no-tokens", is_flag=True, help="Leave the token strings out of an ids export.")
+@click.option("--version", "version", type=int, help="A version other than the active one.")
+def export(db, index_name, as_json, out, what, fmt, no_tokens, version):
+    """Write the index's IDs for training or serving a generative model.
+
+    \b
+    semid export ids.jsonl                          # key, id, codes, suffix, <a_12><b_201>...
+    semid export ids.parquet --no-tokens
+    semid export next.jsonl --what next-codes       # prefix -> allowed next codes
+    semid export grid.npy --what grid               # (L+1, N) int64 + grid.npy.keys.txt
+    """
+    from . import export as ex
+
+    if what == "grid":
+        if fmt is not None or not out.endswith(".npy"):
+            _fail("--what grid writes a NumPy .npy file: name OUT something.npy")
+    else:
+        allowed = ex.FORMATS if what == "ids" else ("jsonl", "parquet", "npz")
+        fmt = ex.format_of(out, fmt, allowed)
+    with _open(db, index_name) as idx:
+        keys, ids = idx.id_arrays(version=version)
+    if what == "ids":
+        ex.write_ids(out, fmt, keys, ids, tokens=not no_tokens)
+        n, extra = len(keys), ""
+    elif what == "next-codes":
+        n, extra = ex.write_next_codes(out, fmt, ids), " prefixes"
+    else:
+        extra = f" items (+ {ex.write_grid(out, keys, ids)})"
+        n = len(keys)
+    if as_json:
+        io.emit_json({"out": out, "what": what, "rows": n})
+    else:
+        click.echo(f"wrote {n:,}{extra or ' items'} to {out}")
+
+
+# ============================================================================ versions & schema
+@main.command(context_settings=_CTX)
+@_common
+def versions(db, index_name, as_json):
+    """List the codebook versions of the index (the active one is marked).
+
+    \b
+    semid versions
+    """
+    with _open(db, index_name) as idx:
+        vs = idx.versions()
+    if as_json:
+        io.emit_json([{"version": v.version, "created_at": v.created_at.isoformat(),
+                       "items_at_fit": v.n_items_at_fit, "active": v.active, "dim": v.dim}
+                      for v in vs])
+    else:
+        click.echo(io.table(["version", "created", "items at fit", "dim", "active"],
+                            [[v.version, v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                              f"{v.n_items_at_fit:,}", v.dim, "*" if v.active else ""]
+                             for v in vs], right={0, 2, 3}))
+
+
+@main.command(context_settings=_CTX)
+@_common
+@click.argument("version", type=int)
+def activate(db, index_name, as_json, version):
+    """Make VERSION the active one (lookups, prefixes and adds use it).
+
+    \b
+    semid activate 1
+    """
+    with _open(db, index_name) as idx:
+        idx.activate(version)
+    if as_json:
+        io.emit_json({"active_version": version})
+    else:
+        click.echo(f"version {version} is active")
+
+
+@main.command(name="list", context_settings=_CTX)
+@_common
+def list_(db, index_name, as_json):
+    """List the indexes in the database.
+
+    \b
+    semid list --db postgresql+psycopg://user@host/db
+    """
+    from .index import SemanticIdIndex
+
+    names = SemanticIdIndex.list_indexes(db)
+    if as_json:
+        io.emit_json(names)
+    else:
+        click.echo("\n".join(names) if names else "(no indexes)")
+
+
+@main.command(context_settings=_CTX)
+@_common
+def migrate(db, index_name, as_json):
+    """Bring the database's schema to this version of semid_index (one transaction).
+
+    \b
+    semid migrate --db sqlite:///old.db
+    """
+    from .index import SemanticIdIndex
+
+    before, after = SemanticIdIndex.migrate(db)
+    if as_json:
+        io.emit_json({"before": before, "after": after})
+    elif before == after:
+        click.echo(f"schema already at revision {after}")
+    else:
+        click.echo(f"schema upgraded from revision {before or '(none)'} to {after}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name="semid")

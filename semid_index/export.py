@@ -1,0 +1,170 @@
+"""Exports of an index for training and serving a generative model (numpy only, no torch).
+
+- item IDs: JSONL, CSV, Parquet or NumPy, with token strings such as ``<a_12><b_201><c_7><d_0>``;
+- the valid-next-code table for constrained decoding: for every prefix that occurs (depth 0..L,
+  the empty prefix included), the codes that may follow it; after all L levels, the suffixes;
+- GRID's layout: one (L + 1, N) int64 array, column j = the L codes and the suffix of item j.
+
+>>> import numpy as np
+>>> ids = np.array([[1, 2, 0], [1, 3, 0], [1, 3, 1], [4, 0, 0]])  # sorted (L=2, suffix last)
+>>> [(p, n.tolist()) for p, n in next_code_table(ids)]
+[((), [1, 4]), ((1,), [2, 3]), ((4,), [0]), ((1, 2), [0]), ((1, 3), [0, 1]), ((4, 0), [0])]
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+from .ids import _letter
+
+__all__ = ["FORMATS", "next_code_table", "token_strings", "write_ids", "write_next_codes",
+           "write_grid", "format_of"]
+
+FORMATS = ("jsonl", "csv", "parquet", "npz")
+_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
+             ".npz": "npz", ".npy": "npy"}
+
+
+def format_of(path, fmt: str | None, allowed: Sequence[str]) -> str:
+    """The export format: ``fmt`` if given, else from the file's extension."""
+    fmt = fmt or _SUFFIXES.get(Path(path).suffix.lower())
+    if fmt not in allowed:
+        raise ConfigError(f"cannot tell the format of {str(path)!r}: use one of the extensions "
+                          f"{', '.join('.' + f for f in allowed)} or pass the format "
+                          f"({', '.join(allowed)})")
+    return fmt
+
+
+def next_code_table(ids: np.ndarray) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """(prefix, sorted next codes) for every prefix of depth 0..L that occurs in ``ids``.
+
+    ids : (N, L + 1) int64 sorted lexicographically (as ``SemanticIdIndex.id_arrays`` returns
+    them): the L codes, then the suffix. Depth by depth, prefixes in ID order; the entries of
+    depth L list the suffixes in use. Exact: every listed step leads to at least one item, and
+    every item's full ID is a path through the table.
+    """
+    ids = np.asarray(ids)
+    n, width = ids.shape
+    if n == 0:
+        return
+    for depth in range(width):
+        head = ids[:, :depth + 1]
+        # rows where the (depth + 1)-prefix changes: its distinct values, in order
+        new = np.ones(n, dtype=bool)
+        new[1:] = (head[1:] != head[:-1]).any(axis=1)
+        distinct = head[new]
+        if depth == 0:
+            yield (), distinct[:, 0]
+            continue
+        starts = np.ones(len(distinct), dtype=bool)
+        starts[1:] = (distinct[1:, :depth] != distinct[:-1, :depth]).any(axis=1)
+        bounds = np.flatnonzero(np.r_[starts, True])
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            yield tuple(distinct[a, :depth].tolist()), distinct[a:b, depth]
+
+
+def token_strings(ids: np.ndarray) -> list[str]:
+    """``<a_12><b_201><c_7><d_0>`` for each row of (N, L + 1) ids."""
+    letters = [_letter(i) for i in range(ids.shape[1])]
+    return ["".join(f"<{letters[i]}_{v}>" for i, v in enumerate(row)) for row in ids.tolist()]
+
+
+def _id_strings(ids: np.ndarray) -> list[str]:
+    return ["-".join(map(str, row)) for row in ids.tolist()]
+
+
+def _pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError("Parquet needs pyarrow: pip install 'semid-index[parquet]'") from None
+    return pa, pq
+
+
+def write_ids(path, fmt: str, keys: Sequence[str], ids: np.ndarray, *,
+              tokens: bool = True) -> None:
+    """One record per item: key, ID string, level codes, suffix (and token string)."""
+    levels = ids.shape[1] - 1
+    sid = _id_strings(ids)
+    tok = token_strings(ids) if tokens else None
+    if fmt == "jsonl":
+        with open(path, "w", encoding="utf-8") as f:
+            for i, row in enumerate(ids.tolist()):
+                rec = {"key": keys[i], "id": sid[i], "codes": row[:-1], "suffix": row[-1]}
+                if tok is not None:
+                    rec["tokens"] = tok[i]
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    elif fmt == "csv":
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["key", "id", *(f"level_{i + 1}" for i in range(levels)), "suffix"]
+                       + (["tokens"] if tok is not None else []))
+            for i, row in enumerate(ids.tolist()):
+                w.writerow([keys[i], sid[i], *row] + ([tok[i]] if tok is not None else []))
+    elif fmt == "parquet":
+        pa, pq = _pyarrow()
+        cols = {"key": pa.array(list(keys), pa.string()), "id": pa.array(sid, pa.string())}
+        for i in range(levels):
+            cols[f"level_{i + 1}"] = pa.array(ids[:, i])
+        cols["suffix"] = pa.array(ids[:, -1])
+        if tok is not None:
+            cols["tokens"] = pa.array(tok, pa.string())
+        pq.write_table(pa.table(cols), path)
+    elif fmt == "npz":
+        np.savez(path, keys=np.asarray(list(keys), dtype=str), ids=ids)
+    else:
+        raise ConfigError(f"item IDs export as {', '.join(FORMATS)}, not {fmt!r}")
+
+
+def write_next_codes(path, fmt: str, ids: np.ndarray) -> int:
+    """The constrained-decoding table; returns its number of prefixes.
+
+    jsonl: ``{"depth": d, "prefix": [...], "next": [...]}`` per line; parquet: the same three
+    columns; npz: per depth d, ``prefixes_d`` (M, d), ``offsets_d`` (M + 1,) and ``next_d``
+    (the next codes of prefix m are ``next_d[offsets_d[m]:offsets_d[m + 1]]``).
+    """
+    table = list(next_code_table(ids))
+    if fmt == "jsonl":
+        with open(path, "w", encoding="utf-8") as f:
+            for prefix, nxt in table:
+                f.write(json.dumps({"depth": len(prefix), "prefix": list(prefix),
+                                    "next": nxt.tolist()}) + "\n")
+    elif fmt == "parquet":
+        pa, pq = _pyarrow()
+        pq.write_table(pa.table({
+            "depth": pa.array([len(p) for p, _ in table], pa.int32()),
+            "prefix": pa.array([list(p) for p, _ in table], pa.list_(pa.int64())),
+            "next": pa.array([n.tolist() for _, n in table], pa.list_(pa.int64()))}), path)
+    elif fmt == "npz":
+        arrays = {}
+        for depth in range(ids.shape[1]):
+            rows = [(p, n) for p, n in table if len(p) == depth]
+            arrays[f"prefixes_{depth}"] = np.array([p for p, _ in rows], dtype=np.int64) \
+                .reshape(len(rows), depth)
+            arrays[f"offsets_{depth}"] = np.cumsum([0] + [len(n) for _, n in rows])
+            arrays[f"next_{depth}"] = np.concatenate([n for _, n in rows]) if rows else \
+                np.zeros(0, np.int64)
+        np.savez(path, **arrays)
+    else:
+        raise ConfigError(f"the next-code table exports as jsonl, parquet or npz, not {fmt!r}")
+    return len(table)
+
+
+def write_grid(path, keys: Sequence[str], ids: np.ndarray) -> Path:
+    """GRID's layout: ``path`` (.npy) holds the (L + 1, N) int64 array, column j the codes and
+    suffix of item j; the item keys go, one per line in column order, to ``<path>.keys.txt``.
+    Returns the keys file's path."""
+    path = Path(path)
+    np.save(path, np.ascontiguousarray(ids.T))
+    keys_path = path.with_name(path.name + ".keys.txt")
+    with open(keys_path, "w", encoding="utf-8") as f:
+        for k in keys:
+            f.write(k + "\n")
+    return keys_path
