@@ -483,6 +483,28 @@ def list_(db, index_name, as_json):
 
 @main.command(context_settings=_CTX)
 @_common
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def drop(db, index_name, as_json, yes):
+    """Delete the index: its versions, codebooks and IDs (other indexes stay).
+
+    \b
+    semid drop --index old_catalog --yes
+    """
+    from .index import SemanticIdIndex
+
+    if not yes:
+        if not sys.stdin.isatty():
+            _fail(f"dropping index {index_name!r} deletes all its IDs: pass --yes to confirm")
+        click.confirm(f"delete index {index_name!r} and all its IDs?", abort=True)
+    SemanticIdIndex.drop(db, index_name)
+    if as_json:
+        io.emit_json({"dropped": index_name})
+    else:
+        click.echo(f"index {index_name!r} dropped")
+
+
+@main.command(context_settings=_CTX)
+@_common
 def migrate(db, index_name, as_json):
     """Bring the database's schema to this version of semid_index (one transaction).
 

@@ -194,6 +194,19 @@ def test_bad_urls_are_one_line(tmp_path, url, message):
     assert code == 1 and err.count("\n") == 1 and message in err, err
 
 
+def test_drop_needs_confirmation_and_removes_only_that_index(fitted):
+    db, tmp, _ = fitted
+    with SemanticIdIndex.create(db, "other", n_levels=1, codebook_size=4):
+        pass
+    code, _, err = semid("drop", db=db, check=False)  # no terminal to ask on: refused
+    assert code == 1 and "--yes" in err
+    assert SemanticIdIndex.list_indexes(db) == ["default", "other"]
+    semid("drop", "--yes", db=db)
+    assert SemanticIdIndex.list_indexes(db) == ["other"]
+    code, _, err = semid("lookup", "item-1", db=db, check=False)
+    assert code == 1 and "default" in err
+
+
 def test_usage_errors_exit_2(tmp_path):
     code, _, err = semid("lookup", db=f"sqlite:///{tmp_path}/x.db", check=False)
     assert code == 2 and "Missing argument" in err
