@@ -37,7 +37,7 @@ def test_commits_are_checkpointed_in_the_background(tmp_path):
         idx.add([f"k{i}" for i in range(a, a + 300)], x[a:a + 300])
     idx._store.wal.wait()
     wal = idx._store.wal
-    assert wal.passes >= 3  # the fit, then every ~1,000 changed rows
+    assert wal.passes >= 2  # the fit, then at least one for the 3,000 rows the adds changed
     # far below SQLite's own 50,000-page trigger, yet the rows reached the database file: all
     # but those changed since the last pass began (< soft_changes)
     assert 5000 - wal.soft_changes <= rows_in_main_file(path) <= 5000
