@@ -190,25 +190,29 @@ class IndexReads:
                 for key, code, suffix in page:
                     yield _new_tuple(IndexedItem, (key, SemanticId._trusted(decode(code), suffix)))
 
+    def id_pages(self, *, version: int | None = None, batch: int = 50_000
+                 ) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every item of a version, ordered by ID, in pages of at most ``batch``: (keys (B,),
+        ids (B, L + 1) int64: the L level codes, then the suffix), all from one snapshot; memory
+        stays that of one page whatever the index's size."""
+        version = self._version_or_active(version)
+        rec = self._record
+        with self._store.read(snapshot=True) as conn:
+            for page in self._store.iter_rows(conn, rec.id, version, batch):
+                ids = np.empty((len(page), rec.n_levels + 1), dtype=np.int64)
+                ids[:, :-1] = unpack_codes([c for _, c, _ in page], rec.n_levels, rec.code_width)
+                ids[:, -1] = [s for _, _, s in page]
+                yield [k for k, _, _ in page], ids
+
     def id_arrays(self, *, version: int | None = None) -> tuple[list[str], np.ndarray]:
         """All items of a version at once, ordered by ID: (keys (N,), ids (N, L + 1) int64, the L
         level codes then the suffix). ~8 (L + 1) bytes per item plus the keys."""
-        version = self._version_or_active(version)
-        rec = self._record
         keys: list[str] = []
-        codes: list[bytes] = []
-        suffixes: list[int] = []
-        with self._store.read(snapshot=True) as conn:
-            for page in self._store.iter_rows(conn, rec.id, version, 50_000):
-                for key, code, suffix in page:
-                    keys.append(key)
-                    codes.append(code)
-                    suffixes.append(suffix)
-        out = np.empty((len(keys), rec.n_levels + 1), dtype=np.int64)
-        if keys:
-            out[:, :-1] = unpack_codes(codes, rec.n_levels, rec.code_width)
-            out[:, -1] = suffixes
-        return keys, out
+        parts = [np.zeros((0, self._record.n_levels + 1), dtype=np.int64)]
+        for k, ids in self.id_pages(version=version):
+            keys += k
+            parts.append(ids)
+        return keys, np.concatenate(parts)
 
 
 def _raise_unknown(keys: list[str], index_name: str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -409,20 +410,35 @@ def export(db, index_name, as_json, out, what, fmt, no_tokens, version):
     else:
         allowed = ex.FORMATS if what == "ids" else ("jsonl", "parquet", "npz")
         fmt = ex.format_of(out, fmt, allowed)
-    with _open(db, index_name) as idx:
-        keys, ids = idx.id_arrays(version=version)
-    if what == "ids":
-        ex.write_ids(out, fmt, keys, ids, tokens=not no_tokens)
-        n, extra = len(keys), ""
-    elif what == "next-codes":
-        n, extra = ex.write_next_codes(out, fmt, ids), " prefixes"
-    else:
-        extra = f" items (+ {ex.write_grid(out, keys, ids)})"
-        n = len(keys)
+    written = [Path(out)] + ([Path(out + ".keys.txt")] if what == "grid" else [])
+    fresh = [p for p in written if not p.exists()]
+    try:
+        n, extra = _export(db, index_name, out, what, fmt, no_tokens, version)
+    except BaseException:
+        for p in fresh:  # no half-written file left behind
+            p.unlink(missing_ok=True)
+        raise
     if as_json:
         io.emit_json({"out": out, "what": what, "rows": n})
     else:
-        click.echo(f"wrote {n:,}{extra or ' items'} to {out}")
+        click.echo(f"wrote {n:,}{extra} to {out}")
+
+
+def _export(db, index_name, out, what, fmt, no_tokens, version) -> tuple[int, str]:
+    from . import export as ex
+
+    with _open(db, index_name) as idx:
+        if what == "ids":
+            n, extra = ex.write_ids(out, fmt, idx.id_pages(version=version),
+                                    tokens=not no_tokens), " items"
+        elif what == "next-codes":
+            n, extra = ex.write_next_codes(out, fmt, idx.id_arrays(version=version)[1]), \
+                " prefixes"
+        else:
+            n = idx.count(version=version)
+            keys_file = ex.write_grid(out, idx.id_pages(version=version), n, idx.n_levels)
+            extra = f" items (+ {keys_file})"
+    return n, extra
 
 
 # ============================================================================ versions & schema

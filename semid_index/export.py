@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -88,39 +88,64 @@ def _pyarrow():
     return pa, pq
 
 
-def write_ids(path, fmt: str, keys: Sequence[str], ids: np.ndarray, *,
-              tokens: bool = True) -> None:
-    """One record per item: key, ID string, level codes, suffix (and token string)."""
-    levels = ids.shape[1] - 1
-    sid = _id_strings(ids)
-    tok = token_strings(ids) if tokens else None
+def write_ids(path, fmt: str, pages: Iterable[tuple[Sequence[str], np.ndarray]], *,
+              tokens: bool = True) -> int:
+    """One record per item: key, ID string, level codes, suffix (and token string). ``pages``
+    yields (keys, ids (B, L + 1)) as ``SemanticIdIndex.id_pages`` does; JSONL, CSV and Parquet
+    are written page by page (memory stays flat), npz at the end. Returns the number of items."""
+    n = 0
     if fmt == "jsonl":
         with open(path, "w", encoding="utf-8") as f:
-            for i, row in enumerate(ids.tolist()):
-                rec = {"key": keys[i], "id": sid[i], "codes": row[:-1], "suffix": row[-1]}
-                if tok is not None:
-                    rec["tokens"] = tok[i]
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            for keys, ids in pages:
+                tok = token_strings(ids) if tokens else None
+                for i, row in enumerate(ids.tolist()):
+                    rec = {"key": keys[i], "id": "-".join(map(str, row)), "codes": row[:-1],
+                           "suffix": row[-1]}
+                    if tok is not None:
+                        rec["tokens"] = tok[i]
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += len(keys)
     elif fmt == "csv":
         with open(path, "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["key", "id", *(f"level_{i + 1}" for i in range(levels)), "suffix"]
-                       + (["tokens"] if tok is not None else []))
-            for i, row in enumerate(ids.tolist()):
-                w.writerow([keys[i], sid[i], *row] + ([tok[i]] if tok is not None else []))
+            for keys, ids in pages:
+                if n == 0:
+                    w.writerow(["key", "id", *(f"level_{i + 1}" for i in range(ids.shape[1] - 1)),
+                                "suffix"] + (["tokens"] if tokens else []))
+                tok = token_strings(ids) if tokens else None
+                for i, row in enumerate(ids.tolist()):
+                    w.writerow([keys[i], "-".join(map(str, row)), *row]
+                               + ([tok[i]] if tok is not None else []))
+                n += len(keys)
     elif fmt == "parquet":
         pa, pq = _pyarrow()
-        cols = {"key": pa.array(list(keys), pa.string()), "id": pa.array(sid, pa.string())}
-        for i in range(levels):
-            cols[f"level_{i + 1}"] = pa.array(ids[:, i])
-        cols["suffix"] = pa.array(ids[:, -1])
-        if tok is not None:
-            cols["tokens"] = pa.array(tok, pa.string())
-        pq.write_table(pa.table(cols), path)
+        writer = None
+        try:
+            for keys, ids in pages:
+                cols = {"key": pa.array(list(keys), pa.string()),
+                        "id": pa.array(_id_strings(ids), pa.string())}
+                for i in range(ids.shape[1] - 1):
+                    cols[f"level_{i + 1}"] = pa.array(ids[:, i])
+                cols["suffix"] = pa.array(ids[:, -1])
+                if tokens:
+                    cols["tokens"] = pa.array(token_strings(ids), pa.string())
+                table = pa.table(cols)
+                if writer is None:
+                    writer = pq.ParquetWriter(path, table.schema)
+                writer.write_table(table)
+                n += len(keys)
+        finally:
+            if writer is not None:
+                writer.close()
     elif fmt == "npz":
-        np.savez(path, keys=np.asarray(list(keys), dtype=str), ids=ids)
+        parts = list(pages)
+        keys = [k for ks, _ in parts for k in ks]
+        ids = np.concatenate([i for _, i in parts]) if parts else np.zeros((0, 0), np.int64)
+        np.savez(path, keys=np.asarray(keys, dtype=str), ids=ids)
+        n = len(keys)
     else:
         raise ConfigError(f"item IDs export as {', '.join(FORMATS)}, not {fmt!r}")
+    return n
 
 
 def write_next_codes(path, fmt: str, ids: np.ndarray) -> int:
@@ -157,14 +182,29 @@ def write_next_codes(path, fmt: str, ids: np.ndarray) -> int:
     return len(table)
 
 
-def write_grid(path, keys: Sequence[str], ids: np.ndarray) -> Path:
+def write_grid(path, pages: Iterable[tuple[Sequence[str], np.ndarray]], n: int,
+               n_levels: int) -> Path:
     """GRID's layout: ``path`` (.npy) holds the (L + 1, N) int64 array, column j the codes and
     suffix of item j; the item keys go, one per line in column order, to ``<path>.keys.txt``.
+    Written page by page into a memory-mapped file (``n`` items, as counted beforehand).
     Returns the keys file's path."""
     path = Path(path)
-    np.save(path, np.ascontiguousarray(ids.T))
     keys_path = path.with_name(path.name + ".keys.txt")
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.int64, shape=(n_levels + 1, n))
+    j = 0
     with open(keys_path, "w", encoding="utf-8") as f:
-        for k in keys:
-            f.write(k + "\n")
+        for keys, ids in pages:
+            bad = next((k for k in keys if "\n" in k or "\r" in k), None)
+            if bad is not None:
+                raise ConfigError(f"item key {bad!r} has a line break and cannot go into "
+                                  f"{keys_path.name}: export ids as .npz instead")
+            if j + len(keys) > n:
+                raise ConfigError("the index grew while it was exported; export again")
+            out[:, j:j + len(keys)] = ids.T
+            f.write("".join(k + "\n" for k in keys))
+            j += len(keys)
+    out.flush()
+    del out
+    if j != n:
+        raise ConfigError(f"the index changed while it was exported ({j} items, not {n})")
     return keys_path
