@@ -78,6 +78,14 @@ def _progress() -> bool:
     return sys.stderr.isatty()
 
 
+def _emit(as_json: bool, data, text: str) -> None:
+    """``data`` as JSON with ``--json``, else ``text`` for a person."""
+    if as_json:
+        io.emit_json(data)
+    else:
+        click.echo(text)
+
+
 def _n(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
@@ -121,11 +129,8 @@ def init(db, index_name, as_json, levels, codebook_size, seed, normalize_residua
                                 exist_ok=exist_ok, **opts) as idx:
         out = {"index": idx.name, "db": idx.url, "levels": idx.n_levels,
                "codebook_sizes": list(idx.codebook_sizes)}
-    if as_json:
-        io.emit_json(out)
-    else:
-        click.echo(f"index {out['index']!r} in {out['db']}: {levels} levels of "
-                   f"{'/'.join(map(str, out['codebook_sizes']))} codes")
+    _emit(as_json, out, f"index {out['index']!r} in {out['db']}: {levels} levels of "
+                        f"{'/'.join(map(str, out['codebook_sizes']))} codes")
 
 
 def _sizes(text: str, levels: int):
@@ -186,12 +191,9 @@ def fit(db, index_name, as_json, embeddings, keys_file, key_column, column, row_
     out = {"index": s.name, "version": s.version, "items": s.n_items, "dim": s.dim,
            "codebook_sizes": list(s.codebook_sizes), "collision_rate": s.collision_rate,
            "seconds": round(time.perf_counter() - t, 3)}
-    if as_json:
-        io.emit_json(out)
-    else:
-        click.echo(f"fitted version {s.version} of {s.name!r}: {s.n_items:,} items, D={s.dim}, "
-                   f"{'/'.join(map(str, s.codebook_sizes))} codes, "
-                   f"{s.collision_rate:.2%} with a suffix > 0 ({out['seconds']:.1f} s)")
+    _emit(as_json, out, f"fitted version {s.version} of {s.name!r}: {s.n_items:,} items, "
+                        f"D={s.dim}, {'/'.join(map(str, s.codebook_sizes))} codes, "
+                        f"{s.collision_rate:.2%} with a suffix > 0 ({out['seconds']:.1f} s)")
 
 
 @main.command(context_settings=_CTX)
@@ -241,10 +243,7 @@ def remove(db, index_name, as_json, keys, keys_file, missing):
         _fail("name the items to remove: KEY... or --keys FILE")
     with _open(db, index_name) as idx:
         n = idx.remove(keys, missing=missing)
-    if as_json:
-        io.emit_json({"removed": n})
-    else:
-        click.echo(f"{_n(n, 'item')} removed")
+    _emit(as_json, {"removed": n}, f"{_n(n, 'item')} removed")
 
 
 # ============================================================================ reading
@@ -259,11 +258,9 @@ def lookup(db, index_name, as_json, keys):
     """
     with _open(db, index_name) as idx:
         ids = idx.lookup_many(list(keys))
-    if as_json:
-        io.emit_json([{"key": k, "id": str(i), "tokens": i.tokens()} for k, i in zip(keys, ids)])
-    else:
-        click.echo(io.table(["key", "id", "tokens"], [[k, str(i), i.tokens()]
-                                                      for k, i in zip(keys, ids)]))
+    rows = [[k, str(i), i.tokens()] for k, i in zip(keys, ids)]
+    _emit(as_json, [dict(zip(("key", "id", "tokens"), r)) for r in rows],
+          io.table(["key", "id", "tokens"], rows))
 
 
 @main.command(context_settings=_CTX)
@@ -281,13 +278,11 @@ def similar(db, index_name, as_json, key, limit, min_shared):
     with _open(db, index_name) as idx:
         me = idx.lookup(key)
         hits = idx.similar(key, limit=limit, min_shared=min_shared)
-    if as_json:
-        io.emit_json({"key": key, "id": str(me), "similar": [
-            {"key": h.key, "id": str(h.id), "shared_levels": h.shared_levels} for h in hits]})
-    else:
-        click.echo(f"{key}  {me}")
-        click.echo(io.table(["shared", "key", "id"],
-                            [[h.shared_levels, h.key, str(h.id)] for h in hits], right={0}))
+    _emit(as_json, {"key": key, "id": str(me), "similar": [
+        {"key": h.key, "id": str(h.id), "shared_levels": h.shared_levels} for h in hits]},
+        f"{key}  {me}\n" + io.table(["shared", "key", "id"],
+                                    [[h.shared_levels, h.key, str(h.id)] for h in hits],
+                                    right={0}))
 
 
 @main.command(context_settings=_CTX)
@@ -320,13 +315,10 @@ def prefix(db, index_name, as_json, prefix, limit, cursor, count_only):
                                         [[c, k] for c, k in children.items()], right={0, 1}))
             return
         page = idx.items_with_prefix(prefix, limit=limit, cursor=cursor)
-    if as_json:
-        io.emit_json({"items": [{"key": it.key, "id": str(it.id)} for it in page],
-                      "cursor": page.cursor})
-    else:
-        click.echo(io.table(["id", "key"], [[str(it.id), it.key] for it in page]))
-        if page.cursor:
-            click.echo(f"next page: --cursor {page.cursor}")
+    _emit(as_json, {"items": [{"key": it.key, "id": str(it.id)} for it in page],
+                    "cursor": page.cursor},
+          io.table(["id", "key"], [[str(it.id), it.key] for it in page])
+          + (f"\nnext page: --cursor {page.cursor}" if page.cursor else ""))
 
 
 @main.command(context_settings=_CTX)
@@ -343,19 +335,14 @@ def stats(db, index_name, as_json, embeddings, column, version):
     semid stats
     semid stats --embeddings vectors.npy
     """
-    from .quantize._metrics import code_statistics
-
     with _open(db, index_name) as idx:
         s = idx.stats(version=version)
-        _, ids = idx.id_arrays(version=version)
-        rel = None
-        if embeddings:
-            x = io.read_embeddings(embeddings, column=column, row_numbers=True)[1]
-            rel = idx.model.quality(x).relative_error if version is None else \
-                idx._model_for(version).quality(x).relative_error
-    if len(ids) == 0:
-        _fail(f"index {s.name!r} has no items yet: run semid fit first")
-    cs = code_statistics(ids[:, :-1], s.codebook_sizes)
+        if s.n_items == 0:
+            _fail(f"index {s.name!r} has no items yet: run semid fit first")
+        x = None if not embeddings else \
+            io.read_embeddings(embeddings, column=column, row_numbers=True)[1]
+        cs = idx.code_report(x, version=version)
+    rel = cs["relative_error"]
     out = {"index": s.name, "db": s.url, "version": s.version, "versions": s.n_versions,
            "items": s.n_items, "dim": s.dim, "codebook_sizes": list(s.codebook_sizes),
            "retired_ids": s.n_retired, "distinct_codes": cs["unique_full_codes"],
@@ -418,10 +405,7 @@ def export(db, index_name, as_json, out, what, fmt, no_tokens, version):
         for p in fresh:  # no half-written file left behind
             p.unlink(missing_ok=True)
         raise
-    if as_json:
-        io.emit_json({"out": out, "what": what, "rows": n})
-    else:
-        click.echo(f"wrote {n:,}{extra} to {out}")
+    _emit(as_json, {"out": out, "what": what, "rows": n}, f"wrote {n:,}{extra} to {out}")
 
 
 def _export(db, index_name, out, what, fmt, no_tokens, version) -> tuple[int, str]:
@@ -452,15 +436,13 @@ def versions(db, index_name, as_json):
     """
     with _open(db, index_name) as idx:
         vs = idx.versions()
-    if as_json:
-        io.emit_json([{"version": v.version, "created_at": v.created_at.isoformat(),
-                       "items_at_fit": v.n_items_at_fit, "active": v.active, "dim": v.dim}
-                      for v in vs])
-    else:
-        click.echo(io.table(["version", "created", "items at fit", "dim", "active"],
-                            [[v.version, v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                              f"{v.n_items_at_fit:,}", v.dim, "*" if v.active else ""]
-                             for v in vs], right={0, 2, 3}))
+    _emit(as_json, [{"version": v.version, "created_at": v.created_at.isoformat(),
+                     "items_at_fit": v.n_items_at_fit, "active": v.active, "dim": v.dim}
+                    for v in vs],
+          io.table(["version", "created", "items at fit", "dim", "active"],
+                   [[v.version, v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                     f"{v.n_items_at_fit:,}", v.dim, "*" if v.active else ""] for v in vs],
+                   right={0, 2, 3}))
 
 
 @main.command(context_settings=_CTX)
@@ -474,10 +456,7 @@ def activate(db, index_name, as_json, version):
     """
     with _open(db, index_name) as idx:
         idx.activate(version)
-    if as_json:
-        io.emit_json({"active_version": version})
-    else:
-        click.echo(f"version {version} is active")
+    _emit(as_json, {"active_version": version}, f"version {version} is active")
 
 
 @main.command(name="list", context_settings=_CTX)
@@ -491,10 +470,7 @@ def list_(db, index_name, as_json):
     from .index import SemanticIdIndex
 
     names = SemanticIdIndex.list_indexes(db)
-    if as_json:
-        io.emit_json(names)
-    else:
-        click.echo("\n".join(names) if names else "(no indexes)")
+    _emit(as_json, names, "\n".join(names) if names else "(no indexes)")
 
 
 @main.command(context_settings=_CTX)
@@ -513,10 +489,7 @@ def drop(db, index_name, as_json, yes):
             _fail(f"dropping index {index_name!r} deletes all its IDs: pass --yes to confirm")
         click.confirm(f"delete index {index_name!r} and all its IDs?", abort=True)
     SemanticIdIndex.drop(db, index_name)
-    if as_json:
-        io.emit_json({"dropped": index_name})
-    else:
-        click.echo(f"index {index_name!r} dropped")
+    _emit(as_json, {"dropped": index_name}, f"index {index_name!r} dropped")
 
 
 @main.command(context_settings=_CTX)
@@ -530,12 +503,9 @@ def migrate(db, index_name, as_json):
     from .index import SemanticIdIndex
 
     before, after = SemanticIdIndex.migrate(db)
-    if as_json:
-        io.emit_json({"before": before, "after": after})
-    elif before == after:
-        click.echo(f"schema already at revision {after}")
-    else:
-        click.echo(f"schema upgraded from revision {before or '(none)'} to {after}")
+    _emit(as_json, {"before": before, "after": after},
+          f"schema already at revision {after}" if before == after else
+          f"schema upgraded from revision {before or '(none)'} to {after}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -97,10 +97,9 @@ def write_ids(path, fmt: str, pages: Iterable[tuple[Sequence[str], np.ndarray]],
     if fmt == "jsonl":
         with open(path, "w", encoding="utf-8") as f:
             for keys, ids in pages:
-                tok = token_strings(ids) if tokens else None
+                sid, tok = _id_strings(ids), token_strings(ids) if tokens else None
                 for i, row in enumerate(ids.tolist()):
-                    rec = {"key": keys[i], "id": "-".join(map(str, row)), "codes": row[:-1],
-                           "suffix": row[-1]}
+                    rec = {"key": keys[i], "id": sid[i], "codes": row[:-1], "suffix": row[-1]}
                     if tok is not None:
                         rec["tokens"] = tok[i]
                     f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -112,9 +111,9 @@ def write_ids(path, fmt: str, pages: Iterable[tuple[Sequence[str], np.ndarray]],
                 if n == 0:
                     w.writerow(["key", "id", *(f"level_{i + 1}" for i in range(ids.shape[1] - 1)),
                                 "suffix"] + (["tokens"] if tokens else []))
-                tok = token_strings(ids) if tokens else None
+                sid, tok = _id_strings(ids), token_strings(ids) if tokens else None
                 for i, row in enumerate(ids.tolist()):
-                    w.writerow([keys[i], "-".join(map(str, row)), *row]
+                    w.writerow([keys[i], sid[i], *row]
                                + ([tok[i]] if tok is not None else []))
                 n += len(keys)
     elif fmt == "parquet":

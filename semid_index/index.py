@@ -16,8 +16,8 @@ import numpy as np
 
 from . import _inputs
 from ._index_reads import IndexReads, _raise_unknown
-from .errors import (ConfigError, DimensionMismatchError, IndexNotFoundError, ItemConflictError,
-                     NonFiniteError, NotFittedError)
+from .errors import (ConfigError, DimensionMismatchError, EmptyInputError, IndexNotFoundError,
+                     ItemConflictError, NonFiniteError, NotFittedError)
 from .ids import SemanticId
 from .storage import _migrate
 from .storage._codes import code_width, group_suffixes, pack_codes
@@ -406,6 +406,23 @@ class SemanticIdIndex(IndexReads):
         self._refresh()
 
     # ================================================================== encoding
+    def code_report(self, embeddings=None, *, version: int | None = None) -> dict:
+        """The quality report of a version's stored IDs (default: the active version):
+        :func:`~semid_index.quantize.code_statistics` of its codes (per-level usage, dead codes,
+        entropy, perplexity, unique share per depth, collisions, largest group) plus
+        ``relative_error``, the reconstruction error of ``embeddings`` (N, D) under that
+        version's codebooks (None without embeddings). Reads every ID: 8 (L + 1) bytes each."""
+        from .quantize import code_statistics
+
+        version = self._require_version(version)
+        _, ids = self.id_arrays(version=version)
+        if len(ids) == 0:
+            raise EmptyInputError(f"version {version} of index {self.name!r} has no items")
+        report = code_statistics(ids[:, :-1], self._record.codebook_sizes)
+        report["relative_error"] = None if embeddings is None else \
+            self._model_for(version).quality(embeddings).relative_error
+        return report
+
     def encode(self, embeddings, *, version: int | None = None) -> np.ndarray:
         """Codes (N, L) int64 of embeddings (N, D) under a version's codebooks; stores nothing."""
         version = self._require_version(version)

@@ -220,44 +220,28 @@ class Store(Transactions):
         issued for its code (live or retired), suffixes following input order; then key ->
         (code, suffix, fingerprint) as stored, for every key. A key that was already there
         keeps its row: the caller compares fingerprints to see whether it changed. Under the
-        index's write lock.
-
-        SQLite inserts with ``INSERT OR IGNORE`` and computes each suffix inside the INSERT
-        (the seek for the code's largest suffix lands on the page the row then goes to: one
-        B-tree descent per item, not two), then reads the rows back by primary key: two
-        statements, no probe first. PostgreSQL probes the keys, then the codes, then COPYs.
-        """
-        if self.dialect != "sqlite":
-            got = self.existing_items(conn, index_id, version, keys)
-            new = [i for i, k in enumerate(keys) if k not in got]
-            if new:
-                sub = [codes[i] for i in new]
-                fps = fingerprints[new]
-                suffixes = self.assign_items(conn, index_id, version, [keys[i] for i in new],
-                                             sub, fps)
-                for i, code, suffix, fp in zip(new, sub, suffixes.tolist(), fps.tolist()):
-                    got[keys[i]] = (code, suffix, fp)
-            return got
-        sql = SQLITE_ASSIGN[self._has_retired(conn, index_id, version)]
-        fps = fingerprints.tolist()
-        # in code order (stable: equal codes keep input order, so suffixes still follow it):
-        # consecutive rows then share B-tree pages, which are hot in the cache
-        order = sorted(range(len(keys)), key=codes.__getitem__)
-        with closing(conn.connection.driver_connection.cursor()) as cur:
-            cur.executemany(sql, ((index_id, version, keys[i], codes[i], fps[i]) for i in order))
+        index's write lock. SQLite: one INSERT pass and one read-back (``_sqlite_insert``);
+        PostgreSQL probes the keys, then inserts the new ones (``assign_items``)."""
+        if self.dialect == "sqlite":
+            return self._sqlite_insert(conn, index_id, version, keys, codes, fingerprints)
         got = self.existing_items(conn, index_id, version, keys)
-        if len(got) != len(set(keys)):  # OR IGNORE skipped a row for another reason
-            lost = next(k for k in keys if k not in got)
-            raise RuntimeError(f"item {lost!r} was neither inserted nor found in {self.url}")
+        new = [i for i, k in enumerate(keys) if k not in got]
+        if new:
+            sub = [codes[i] for i in new]
+            fps = fingerprints[new]
+            suffixes = self.assign_items(conn, index_id, version, [keys[i] for i in new], sub, fps)
+            for i, code, suffix, fp in zip(new, sub, suffixes.tolist(), fps.tolist()):
+                got[keys[i]] = (code, suffix, fp)
         return got
 
     def assign_items(self, conn: Connection, index_id: int, version: int, keys: Sequence[str],
                      codes: Sequence[bytes], fingerprints: np.ndarray) -> np.ndarray:
         """Insert items whose keys are not in the version, each with the next suffix never
         issued for its code (live or retired), in input order; their suffixes (N,) int64.
-        Under the index's write lock."""
+        Under the index's write lock. PostgreSQL probes all codes in one statement, then
+        COPYs the rows."""
         if self.dialect == "sqlite":
-            got = self.add_items(conn, index_id, version, keys, codes, fingerprints)
+            got = self._sqlite_insert(conn, index_id, version, keys, codes, fingerprints)
             return np.fromiter((got[k][1] for k in keys), dtype=np.int64, count=len(keys))
         nxt = self.next_suffixes(conn, index_id, version, list(set(codes)))
         suffixes = np.empty(len(keys), dtype=np.int64)
@@ -266,6 +250,25 @@ class Store(Transactions):
             nxt[code] += 1
         self.insert_items(conn, index_id, version, keys, codes, suffixes, fingerprints)
         return suffixes
+
+    def _sqlite_insert(self, conn: Connection, index_id: int, version: int, keys: Sequence[str],
+                       codes: Sequence[bytes], fingerprints: np.ndarray
+                       ) -> dict[str, tuple[bytes, int, int]]:
+        """``INSERT OR IGNORE`` with each suffix computed inside the INSERT (the seek for the
+        code's largest suffix lands on the page the row then goes to: one B-tree descent per
+        item, not two), then every key's row read back by primary key."""
+        sql = SQLITE_ASSIGN[self._has_retired(conn, index_id, version)]
+        fps = fingerprints.tolist()
+        # in code order (stable: equal codes keep input order, so suffixes still follow it):
+        # consecutive rows then share B-tree pages, which are hot in the cache
+        order = sorted(range(len(keys)), key=codes.__getitem__)
+        with closing(conn.connection.driver_connection.cursor()) as cur:
+            cur.executemany(sql, ((index_id, version, keys[i], codes[i], fps[i]) for i in order))
+        got = self.existing_items(conn, index_id, version, keys)
+        if len(got) != len(keys):  # OR IGNORE skipped a row for another reason
+            lost = next(k for k in keys if k not in got)
+            raise RuntimeError(f"item {lost!r} was neither inserted nor found in {self.url}")
+        return got
 
     def existing_items(self, conn: Connection, index_id: int, version: int,
                        keys: Sequence[str]) -> dict[str, tuple[bytes, int, int]]:
