@@ -20,9 +20,10 @@ def mixture():
 
 # ---------------------------------------------------------------------------- databases
 # Every storage/index test runs on a real SQLite file and on a real PostgreSQL server.
-# SEMID_TEST_PG_URL names a database whose role may CREATE DATABASE; each test gets a fresh
-# database of its own. With SEMID_REQUIRE_PG=1 (set by .ci/run) a missing or unreachable server
-# fails the test instead of skipping it.
+# SEMID_TEST_PG_URL names a database whose role may CREATE DATABASE and is in pg_signal_backend
+# (dropping a test database WITH (FORCE) may have to end an autovacuum worker on it); each test
+# gets a fresh database of its own. With SEMID_REQUIRE_PG=1 (set by .ci/run) a missing or
+# unreachable server fails the test instead of skipping it.
 import os
 import uuid
 
