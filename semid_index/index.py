@@ -349,25 +349,29 @@ class SemanticIdIndex(IndexReads):
     def _add_chunk(self, conn, rec: IndexRecord, version: int, keys, packed, fps, a: int, b: int,
                    on_conflict: str, out_codes: list, out_suffix: np.ndarray) -> None:
         store = self._store
-        got = store.add_items(conn, rec.id, version, keys[a:b], packed[a:b], fps[a:b])
+        suffixes, there = store.add_items(conn, rec.id, version, keys[a:b], packed[a:b],
+                                          fps[a:b])
+        out_suffix[a:b] = suffixes
         new, retire, refresh = [], {}, []
-        for i, fp in enumerate(fps[a:b].tolist(), a):
-            hit = got[keys[i]]
+        where = {k: i for i, k in enumerate(keys[a:b], a) if k in there} if there else {}
+        for k, i in where.items():  # keys the version already held, in input order
+            hit = there[k]
+            fp = int(fps[i])
             code, suffix, stored_fp = hit
             if stored_fp == fp or on_conflict == "keep" or (
                     on_conflict == "reassign" and code == packed[i]):
-                out_codes[i], out_suffix[i] = code, suffix  # new, the same again, or kept
+                out_codes[i], out_suffix[i] = code, suffix  # the same again, or kept
                 if stored_fp != fp and on_conflict == "reassign":
-                    refresh.append((keys[i], fp))
+                    refresh.append((k, fp))
             elif on_conflict == "error":
                 decode = store.decoder(rec.n_levels, rec.code_width)
                 raise ItemConflictError(
-                    f"item {keys[i]!r} is already indexed as "
+                    f"item {k!r} is already indexed as "
                     f"{SemanticId._trusted(decode(code), suffix)} with a different embedding; "
                     "pass on_conflict='reassign' to give it a new ID (or 'keep'), or remove "
                     "it first")
             else:  # reassign to other codes: retire the old ID
-                retire[keys[i]] = hit
+                retire[k] = hit
                 new.append(i)
         store.update_fingerprints(conn, rec.id, version, refresh)
         if new:

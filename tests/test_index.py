@@ -149,6 +149,33 @@ def test_readd_same_embedding_returns_id_changed_embedding_conflicts(index, data
     assert index.add([keys[6]], nudged, on_conflict="reassign") == [index.lookup(keys[6])]
 
 
+def test_batch_mixing_new_and_existing_keys(index, data):
+    """One add holding keys already indexed (same embedding, changed with 'keep' / 'reassign')
+    between new keys of the same codes: existing IDs come back unchanged, the new items get the
+    next suffixes of their codes in input order, and no suffix is skipped."""
+    keys, x = data
+    old = index.lookup_many(keys[:3])
+    twins = [f"twin-{i}" for i in range(4)]  # new items with the codes of keys[0] and keys[1]
+    batch = [twins[0], keys[0], twins[1], keys[1], twins[2], keys[2], twins[3]]
+    emb = np.stack([x[0], x[0], x[1], x[1] + 50.0, x[0], x[2], x[1]])
+    with pytest.raises(ItemConflictError, match=keys[1]):
+        index.add(batch, emb)
+    kept = index.add(batch, emb, on_conflict="keep")
+    assert [kept[1], kept[3], kept[5]] == old
+    for t, src in zip((0, 2, 4, 6), (0, 1, 0, 1)):
+        assert kept[t].levels == old[src].levels
+    for levels in {old[0].levels, old[1].levels}:
+        page = index.items_with_prefix(levels, limit=N)
+        group = [item.id.suffix for item in page]
+        assert group == list(range(len(group)))  # dense: nothing skipped for the existing keys
+    assert kept[4].suffix == kept[0].suffix + 1 and kept[6].suffix == kept[2].suffix + 1
+    # the changed embedding again, now reassigned: keys[1] leaves its ID, the rest stay
+    again = index.add(batch, emb, on_conflict="reassign")
+    assert again[1] == old[0] and again[5] == old[2]
+    assert [again[i] for i in (0, 2, 4, 6)] == [kept[i] for i in (0, 2, 4, 6)]
+    assert again[3] != old[1] and index.lookup(keys[1]) == again[3]
+
+
 def index_url(index):
     return index._store.engine.url.render_as_string(hide_password=False)
 

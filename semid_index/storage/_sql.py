@@ -78,12 +78,14 @@ class Readers:
 
 SQLITE_NEXT_SUFFIX = ("coalesce((SELECT max(suffix) FROM {table} WHERE index_id = ?1 AND "
                        "version = ?2 AND code = ?4), -1)")
-SQLITE_ASSIGN = {  # [the version has retired IDs]; a key already in the version is skipped
+# [the version has retired IDs]; a key already in the version is skipped. semid_issued(x) is
+# registered by the caller for the statement: it records x (the suffix) and returns it.
+SQLITE_ASSIGN = {
     has_retired: "INSERT OR IGNORE INTO semid_items (index_id, version, item_key, code, suffix, "
-    "fingerprint) VALUES (?1, ?2, ?3, ?4, 1 + " + (
+    "fingerprint) VALUES (?1, ?2, ?3, ?4, semid_issued(1 + " + (
         f"max({SQLITE_NEXT_SUFFIX.format(table='semid_items')}, "
         f"{SQLITE_NEXT_SUFFIX.format(table='semid_retired')})" if has_retired
-        else SQLITE_NEXT_SUFFIX.format(table="semid_items")) + ", ?5)"
+        else SQLITE_NEXT_SUFFIX.format(table="semid_items")) + "), ?5)"
     for has_retired in (False, True)
 }
 

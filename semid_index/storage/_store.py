@@ -65,6 +65,16 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _collector(out: list) -> Callable[[int], int]:
+    """An SQL function that records each value it passes through (``semid_issued``)."""
+    append = out.append
+
+    def issued(value: int) -> int:
+        append(value)
+        return value
+    return issued
+
+
 class Store(Transactions):
     """Persistence for semantic-ID indexes on one database (URL or Engine).
 
@@ -215,24 +225,24 @@ class Store(Transactions):
 
     def add_items(self, conn: Connection, index_id: int, version: int, keys: Sequence[str],
                   codes: Sequence[bytes], fingerprints: np.ndarray
-                  ) -> dict[str, tuple[bytes, int, int]]:
+                  ) -> tuple[np.ndarray, dict[str, tuple[bytes, int, int]]]:
         """Insert those of ``keys`` not yet in the version, each with the next suffix never
-        issued for its code (live or retired), suffixes following input order; then key ->
-        (code, suffix, fingerprint) as stored, for every key. A key that was already there
-        keeps its row: the caller compares fingerprints to see whether it changed. Under the
-        index's write lock. SQLite: one INSERT pass and one read-back (``_sqlite_insert``);
-        PostgreSQL probes the keys, then inserts the new ones (``assign_items``)."""
+        issued for its code (live or retired), suffixes following input order.
+
+        Returns (suffixes (N,) int64, -1 for keys that were already there; key -> (code,
+        suffix, fingerprint) as stored, for those keys only). An existing key keeps its row: the
+        caller compares fingerprints to see whether it changed. Under the index's write lock.
+        SQLite: one INSERT pass (``_sqlite_insert``); PostgreSQL probes the keys, then COPYs
+        the new ones (``assign_items``)."""
         if self.dialect == "sqlite":
             return self._sqlite_insert(conn, index_id, version, keys, codes, fingerprints)
         got = self.existing_items(conn, index_id, version, keys)
-        new = [i for i, k in enumerate(keys) if k not in got]
+        suffixes = np.full(len(keys), -1, dtype=np.int64)
+        new = [i for i, k in enumerate(keys) if k not in got] if got else range(len(keys))
         if new:
-            sub = [codes[i] for i in new]
-            fps = fingerprints[new]
-            suffixes = self.assign_items(conn, index_id, version, [keys[i] for i in new], sub, fps)
-            for i, code, suffix, fp in zip(new, sub, suffixes.tolist(), fps.tolist()):
-                got[keys[i]] = (code, suffix, fp)
-        return got
+            suffixes[new] = self.assign_items(conn, index_id, version, [keys[i] for i in new],
+                                              [codes[i] for i in new], fingerprints[new])
+        return suffixes, got
 
     def assign_items(self, conn: Connection, index_id: int, version: int, keys: Sequence[str],
                      codes: Sequence[bytes], fingerprints: np.ndarray) -> np.ndarray:
@@ -241,8 +251,12 @@ class Store(Transactions):
         Under the index's write lock. PostgreSQL probes all codes in one statement, then
         COPYs the rows."""
         if self.dialect == "sqlite":
-            got = self._sqlite_insert(conn, index_id, version, keys, codes, fingerprints)
-            return np.fromiter((got[k][1] for k in keys), dtype=np.int64, count=len(keys))
+            suffixes, there = self._sqlite_insert(conn, index_id, version, keys, codes,
+                                                  fingerprints)
+            if there:
+                raise RuntimeError(f"assign_items: {next(iter(there))!r} is already in the "
+                                   f"version ({self.url})")
+            return suffixes
         nxt = self.next_suffixes(conn, index_id, version, list(set(codes)))
         suffixes = np.empty(len(keys), dtype=np.int64)
         for i, code in enumerate(codes):
@@ -253,22 +267,51 @@ class Store(Transactions):
 
     def _sqlite_insert(self, conn: Connection, index_id: int, version: int, keys: Sequence[str],
                        codes: Sequence[bytes], fingerprints: np.ndarray
-                       ) -> dict[str, tuple[bytes, int, int]]:
+                       ) -> tuple[np.ndarray, dict[str, tuple[bytes, int, int]]]:
         """``INSERT OR IGNORE`` with each suffix computed inside the INSERT (the seek for the
         code's largest suffix lands on the page the row then goes to: one B-tree descent per
-        item, not two), then every key's row read back by primary key."""
+        item, not two). The suffixes come back through ``semid_issued``, a function the INSERT
+        calls on each row's suffix, so no second pass reads them back; only when some keys
+        were already there (the INSERT skipped them) are all rows read back by key."""
+        n = len(keys)
         sql = SQLITE_ASSIGN[self._has_retired(conn, index_id, version)]
-        fps = fingerprints.tolist()
         # in code order (stable: equal codes keep input order, so suffixes still follow it):
         # consecutive rows then share B-tree pages, which are hot in the cache
-        order = sorted(range(len(keys)), key=codes.__getitem__)
-        with closing(conn.connection.driver_connection.cursor()) as cur:
-            cur.executemany(sql, ((index_id, version, keys[i], codes[i], fps[i]) for i in order))
+        order = sorted(range(n), key=codes.__getitem__)
+        fps = fingerprints.tolist()
+        raw = conn.connection.driver_connection
+        issued: list[int] = []
+        raw.create_function("semid_issued", 1, _collector(issued))
+        try:
+            with closing(raw.cursor()) as cur:
+                cur.executemany(sql, zip(repeat(index_id), repeat(version),
+                                         [keys[i] for i in order], [codes[i] for i in order],
+                                         [fps[i] for i in order]))
+                inserted = cur.rowcount
+        finally:
+            raw.create_function("semid_issued", 1, None)
+        if len(issued) != n:
+            raise RuntimeError(f"the INSERT issued {len(issued)} suffixes for {n} rows in "
+                               f"{self.url}")
+        suffixes = np.empty(n, dtype=np.int64)
+        suffixes[order] = issued
+        if inserted == n:
+            return suffixes, {}
+        # Some keys were there before: a row is new iff it holds the suffix issued for it (that
+        # suffix exceeds every suffix its code had, so an older row cannot hold it).
         got = self.existing_items(conn, index_id, version, keys)
-        if len(got) != len(keys):  # OR IGNORE skipped a row for another reason
-            lost = next(k for k in keys if k not in got)
-            raise RuntimeError(f"item {lost!r} was neither inserted nor found in {self.url}")
-        return got
+        there = {}
+        for i, k in enumerate(keys):
+            row = got.get(k)
+            if row is None:  # OR IGNORE skipped it for a reason other than its key
+                raise RuntimeError(f"item {k!r} was neither inserted nor found in {self.url}")
+            if row[0] != codes[i] or row[1] != suffixes[i]:
+                there[k] = row
+                suffixes[i] = -1
+        if n - len(there) != inserted:
+            raise RuntimeError(f"{inserted} rows inserted, {n - len(there)} found new in "
+                               f"{self.url}")
+        return suffixes, there
 
     def existing_items(self, conn: Connection, index_id: int, version: int,
                        keys: Sequence[str]) -> dict[str, tuple[bytes, int, int]]:
