@@ -71,3 +71,53 @@ def test_each_connection_counts_its_own_changes(tmp_path):
     ids = idx.lookup_many([f"k{i}" for i in range(2000)] + [f"t{i}" for i in range(2000, 3600)])
     assert len(set(map(str, ids))) == 3600
     idx.close()
+
+
+def wal_frames(path) -> int:
+    """Frames in the WAL now (a passive checkpoint reports them; it copies, never rewinds)."""
+    con = sqlite3.connect(str(path), timeout=0, isolation_level=None)
+    try:
+        return con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    finally:
+        con.close()
+
+
+def test_wal_rewinds_when_writes_pause(tmp_path):
+    """A pass that saw no commit ends with a RESTART: the next commit writes from the WAL's
+    start, so the WAL holds only that commit's pages."""
+    path = tmp_path / "wal.db"
+    idx, x = fitted(path, soft=1000)
+    wal = idx._store.wal
+    wal.rewind_frames = 10 ** 9  # only the idle rule may rewind
+    rewinds = wal.rewinds
+    for b in range(4):  # 1,200 rows: the fourth add starts a pass, and nothing follows it
+        a = 2000 + 300 * b
+        idx.add([f"k{i}" for i in range(a, a + 300)], x[a:a + 300])
+    wal.wait()
+    assert wal.rewinds == rewinds + 1
+    before = wal_frames(path)
+    idx.add(["one more"], x[5000:5001])
+    assert wal_frames(path) < 20 < before  # one small commit, at the start of the WAL
+    idx.close()
+
+
+def test_busy_wal_rewinds_only_past_rewind_frames(tmp_path):
+    """While commits keep coming, a pass ends with a RESTART only once the WAL holds
+    ``rewind_frames`` frames."""
+    path = tmp_path / "wal.db"
+    idx, x = fitted(path, soft=10 ** 9)  # no background passes: they are run by hand below
+    wal = idx._store.wal
+    for b in range(3):
+        a = 2000 + 300 * b
+        idx.add([f"k{i}" for i in range(a, a + 300)], x[a:a + 300])
+    con = sqlite3.connect(str(path), timeout=0, isolation_level=None)
+    frames = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    wal.rewind_frames = frames + 1
+    wal._changes = 1  # as if a commit had come during the pass
+    wal._pass(con)
+    assert wal.rewinds == 0
+    wal.rewind_frames = frames
+    wal._pass(con)
+    assert wal.rewinds == 1
+    con.close()
+    idx.close()

@@ -24,8 +24,8 @@ log = logging.getLogger("semid_index.storage")
 
 SUPPORTED = ("sqlite", "postgresql")
 DEFAULT_BUSY_TIMEOUT = 60.0
-SQLITE_WAL_PAGES = 50_000  # pages (4 KiB by default) in the WAL before an automatic checkpoint
-SQLITE_WAL_KEEP_BYTES = 256 << 20  # WAL file size kept at a rewind (above ~50,000 frames)
+SQLITE_WAL_PAGES = 100_000  # pages (4 KiB by default) in the WAL before an automatic checkpoint
+SQLITE_WAL_KEEP_BYTES = 256 << 20  # WAL file size kept at a rewind (~60,000 frames)
 SQLITE_CACHE_KIB = 128 * 1024  # page cache per connection, filled only as pages are read
 SQLITE_MMAP_BYTES = 1 << 30  # reads through a memory map: no system call per page
 
@@ -39,12 +39,11 @@ def _sqlite_pragmas(busy_timeout: float):
         if mode not in ("wal", "memory"):
             cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")  # durable at each WAL checkpoint; safe in WAL
-        # Checkpoints run in a background thread (_wal.py). This is the backstop for when it falls
-        # behind, and what rewinds the WAL: at ~200 MB of WAL the committing writer copies what
-        # the thread has not yet (large checkpoints write each page once however many commits
-        # changed it). The WAL file may keep its ~200 MB while the database is open (truncating
-        # it at every rewind costs a writer ~150 ms); SQLite deletes it when the last
-        # connection closes.
+        # Checkpoints and WAL rewinds run in a background thread (_wal.py), which rewinds at
+        # ~40,000 frames. This is the backstop for when it falls behind: at ~400 MB of WAL the
+        # committing writer copies what the thread has not yet. The WAL file may keep up to
+        # 256 MB while the database is open (truncating it at every rewind costs a writer
+        # ~150 ms); SQLite deletes it when the last connection closes.
         cur.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_WAL_PAGES}")
         cur.execute(f"PRAGMA journal_size_limit = {SQLITE_WAL_KEEP_BYTES}")
         # key and code probes of a large index hit random B-tree pages: keep them in memory

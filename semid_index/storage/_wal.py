@@ -8,18 +8,23 @@ checkpoints ~600 ms, nearly all of it waiting on the disk.
 
 :class:`WalCheckpointer` moves that work to a thread with its own connection. Writers report
 each commit (:meth:`~WalCheckpointer.committed`, a few microseconds); every ``soft_changes``
-changed rows the thread runs
+changed rows the thread runs a passive checkpoint, which blocks neither readers nor writers: the
+long copy, while the writer goes on encoding and inserting.
 
-1. a passive checkpoint, which blocks neither readers nor writers, while the writer goes on
-   encoding and inserting: the long copy;
-2. a RESTART checkpoint that never waits (the connection's busy timeout is 0): if no writer
-   holds the lock at that instant it copies the few frames committed during step 1, and the next
-   write rewinds the WAL to its start. If a writer is busy it copies what it can and the WAL
-   rewinds at a later pass.
+The WAL also has to rewind to its start now and then, or the file and its index grow without
+bound. A writer rewinds it when every frame has been copied back, so the frames committed
+during a pass have to be copied while no one writes: a RESTART checkpoint, which holds the write
+lock for that copy and its fsync (~50-200 ms for a few thousand pages on these disks; a writer
+waiting for it sleeps in SQLite's busy handler). The thread runs it, never waiting for the lock
+(busy timeout 0; after a second passive copy of most of what came during the first), only
 
-The WAL has to rewind now and then, or the file and its index grow without bound. If the thread
-falls behind (or a process forks without it), ``wal_autocheckpoint``, kept on every connection
-well above ``soft_changes``, checkpoints and rewinds in the commit, as SQLite always does.
+1. when no write was committed during the pass: there is nothing left to copy and no writer to
+   hold up (a catalog fed in bursts rewinds between bursts, for free); or
+2. when the WAL holds ``rewind_frames`` frames or more: under a steady stream of writes, one
+   short stall every ~``rewind_frames`` pages instead of one per pass.
+
+If the thread falls behind (or a process forks without it), ``wal_autocheckpoint``, kept on every
+connection above ``rewind_frames``, checkpoints and rewinds in the commit, as SQLite always does.
 
 Errors in the thread (a busy database, a removed file) are logged; a checkpoint is an
 optimisation, never part of a transaction's outcome.
@@ -35,14 +40,17 @@ import threading
 log = logging.getLogger("semid_index.storage")
 
 SOFT_CHANGES = 20_000  # rows changed since the last pass before the thread runs another
+REWIND_FRAMES = 40_000  # WAL frames (pages) from which a pass ends with a RESTART checkpoint
 
 
 class WalCheckpointer:
     """Checkpoints one SQLite file's WAL from a daemon thread (started on first use)."""
 
-    def __init__(self, path: str, *, soft_changes: int = SOFT_CHANGES):
+    def __init__(self, path: str, *, soft_changes: int = SOFT_CHANGES,
+                 rewind_frames: int = REWIND_FRAMES):
         self.path = path
         self.soft_changes = soft_changes
+        self.rewind_frames = rewind_frames
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._changes = 0  # rows changed since the last pass began
@@ -51,6 +59,7 @@ class WalCheckpointer:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self.passes = 0  # finished passes (for tests and benchmarks)
+        self.rewinds = 0  # passes that ended with a successful RESTART checkpoint
 
     # ------------------------------------------------------------------ writer side
     def committed(self, dbapi_conn: sqlite3.Connection, info: dict) -> None:
@@ -95,6 +104,19 @@ class WalCheckpointer:
                                             daemon=True)
             self._thread.start()
 
+    def _pass(self, conn: sqlite3.Connection) -> None:
+        """One pass: the long passive copy, then the short RESTART when it is due (above)."""
+        busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        with self._lock:
+            idle = self._changes == 0  # no commit reported since this pass began
+        if not busy and (idle or frames >= self.rewind_frames):
+            if not idle:  # first copy, unlocked, most of what came during the long pass
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            busy, _frames, _copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            if not busy:
+                with self._lock:
+                    self.rewinds += 1
+
     def _run(self) -> None:
         conn = None
         try:
@@ -107,11 +129,7 @@ class WalCheckpointer:
                     if self._closed:
                         return
                 try:
-                    # the long copy, alongside readers and writers; then the short one: the
-                    # frames committed meanwhile, under the write lock if it is free right now
-                    # (no waiting), after which the next writer rewinds the WAL
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                    self._pass(conn)
                 except sqlite3.OperationalError as e:  # e.g. the file is locked exclusively
                     log.debug("background checkpoint of %s: %s", self.path, e)
                 with self._lock:
