@@ -202,26 +202,26 @@ class Store(Transactions):
                      progress: Callable[[int], None] | None = None) -> None:
         """Insert new item rows: executemany in large batches on SQLite, COPY on PostgreSQL."""
         rows = zip(repeat(index_id), repeat(version), keys, codes, suffixes.tolist(),
-                   fingerprints.tolist())
-        batches = (list(islice(rows, BULK_BATCH)) for _ in range(0, len(keys), BULK_BATCH))
+                   fingerprints.tolist())  # tuples made as the driver consumes them
+        sizes = [min(BULK_BATCH, len(keys) - a) for a in range(0, len(keys), BULK_BATCH)]
         raw = conn.connection.driver_connection
         cols = "index_id, version, item_key, code, suffix, fingerprint"
         if self.dialect == "sqlite":
             with closing(raw.cursor()) as cur:
-                for batch in batches:
+                for size in sizes:
                     cur.executemany(f"INSERT INTO semid_items ({cols}) VALUES (?, ?, ?, ?, ?, ?)",
-                                    batch)
+                                    islice(rows, size))
                     if progress:
-                        progress(len(batch))
+                        progress(size)
         else:
             with raw.cursor() as cur, cur.copy(
                     f"COPY semid_items ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
                 cp.set_types(["int4", "int4", "text", "bytea", "int4", "int8"])
-                for batch in batches:
-                    for row in batch:
+                for size in sizes:
+                    for row in islice(rows, size):
                         cp.write_row(row)
                     if progress:
-                        progress(len(batch))
+                        progress(size)
 
     def add_items(self, conn: Connection, index_id: int, version: int, keys: Sequence[str],
                   codes: Sequence[bytes], fingerprints: np.ndarray
