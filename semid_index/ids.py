@@ -23,7 +23,7 @@ __all__ = ["SemanticId"]
 _PART = re.compile(r"^(0|[1-9][0-9]*)$")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class SemanticId:
     """An item's semantic ID: ``levels`` (c_1, ..., c_L) and the collision ``suffix`` (0..n-1).
 
@@ -46,10 +46,9 @@ class SemanticId:
     @classmethod
     def _trusted(cls, levels: tuple[int, ...], suffix: int) -> "SemanticId":
         """Build without validation, for values read from the store (hot path)."""
-        sid = object.__new__(cls)
-        state = sid.__dict__  # frozen: the instance dict is written directly, once
-        state["levels"] = levels
-        state["suffix"] = suffix
+        sid = _new(cls)
+        _set_levels(sid, levels)  # the slots' own setters: frozen blocks only __setattr__
+        _set_suffix(sid, suffix)
         return sid
 
     @property
@@ -84,6 +83,11 @@ class SemanticId:
         if n_levels is not None and sid.depth != n_levels:
             raise ConfigError(f"semantic ID {text!r} has {sid.depth} levels, expected {n_levels}")
         return sid
+
+
+_new = object.__new__
+_set_levels = SemanticId.levels.__set__
+_set_suffix = SemanticId.suffix.__set__
 
 
 def _letter(i: int) -> str:
