@@ -288,7 +288,7 @@ class Store(Transactions):
                                          [keys[i] for i in order], [codes[i] for i in order],
                                          [fps[i] for i in order]))
                 inserted = cur.rowcount
-        finally:
+        finally:  # let go of the list; a stray call of the name now fails loudly
             raw.create_function("semid_issued", 1, None)
         if len(issued) != n:
             raise RuntimeError(f"the INSERT issued {len(issued)} suffixes for {n} rows in "
