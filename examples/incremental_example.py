@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 
 from semid_index import ItemConflictError, SemanticIdIndex
-from semid_index.datasets import DataUnavailableError, gaussian_mixture, glove
+from semid_index.datasets import glove_or_mixture
 
 
 def main(argv=None):
@@ -27,11 +27,9 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     n = a.fit + 5 * a.daily
-    try:
-        x, keys = glove(n)
-    except DataUnavailableError as exc:
-        print(f"({exc}; using a synthetic mixture)")
-        x, keys = gaussian_mixture(n, 50, seed=2), [f"item-{i}" for i in range(n)]
+    x, keys, why = glove_or_mixture(n, seed=2)
+    if why:
+        print(f"({why}; using a synthetic mixture)")
 
     if a.name in SemanticIdIndex.list_indexes(a.db):
         SemanticIdIndex.drop(a.db, a.name)  # a fresh start on every run

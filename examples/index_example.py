@@ -14,7 +14,7 @@ import argparse
 import time
 
 from semid_index import SemanticIdIndex
-from semid_index.datasets import DataUnavailableError, gaussian_mixture, glove
+from semid_index.datasets import glove_or_mixture
 
 
 def main(argv=None):
@@ -27,11 +27,9 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     n = a.limit + a.add
-    try:
-        vectors, words = glove(n)
-    except DataUnavailableError as exc:
-        print(f"({exc}; using a synthetic mixture)")
-        vectors, words = gaussian_mixture(n, 50, seed=1), [f"item-{i}" for i in range(n)]
+    vectors, words, why = glove_or_mixture(n, seed=1)
+    if why:
+        print(f"({why}; using a synthetic mixture)")
 
     index = SemanticIdIndex.create(a.db, a.name, n_levels=3, codebook_size=256, seed=0,
                                    exist_ok=True)

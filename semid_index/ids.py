@@ -13,7 +13,9 @@ True
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -64,11 +66,10 @@ class SemanticId:
 
     def tokens(self) -> str:
         """Token string for a generative model: ``<a_12><b_201><c_7><d_0>`` (suffix last)."""
-        parts = (*self.levels, self.suffix)
-        return "".join(f"<{_letter(i)}_{v}>" for i, v in enumerate(parts))
+        return token_string((*self.levels, self.suffix))
 
     def __str__(self) -> str:
-        return "-".join(map(str, (*self.levels, self.suffix)))
+        return id_string((*self.levels, self.suffix))
 
     @classmethod
     def parse(cls, text: str, n_levels: int | None = None) -> "SemanticId":
@@ -88,6 +89,22 @@ class SemanticId:
 _new = object.__new__
 _set_levels = SemanticId.levels.__set__
 _set_suffix = SemanticId.suffix.__set__
+
+
+def id_string(parts: Sequence[int]) -> str:
+    """``12-201-7-0`` for the parts (c_1, ..., c_L, suffix): the form ``SemanticId.parse``
+    reads."""
+    return "-".join(map(str, parts))
+
+
+def token_string(parts: Sequence[int]) -> str:
+    """``<a_12><b_201><c_7><d_0>`` for the parts (c_1, ..., c_L, suffix)."""
+    return "".join([f"{head}{v}>" for head, v in zip(_token_heads(len(parts)), parts)])
+
+
+@functools.lru_cache(maxsize=64)
+def _token_heads(n: int) -> tuple[str, ...]:
+    return tuple(f"<{_letter(i)}_" for i in range(n))
 
 
 def _letter(i: int) -> str:

@@ -95,8 +95,9 @@ class Store(Transactions):
     # ------------------------------------------------------------------ hot reads
     def fast_prefix_page(self, index_id: int, version: int, lo: bytes, hi: bytes | None,
                          limit: int, after: tuple[bytes, int] | None = None) -> list:
-        """One page of a prefix, after the ``(code, suffix)`` of ``after``, on this thread's held read connection
-        with precompiled SQL: the serving path, a few microseconds over the raw driver."""
+        """One page of a prefix, after the ``(code, suffix)`` of ``after``, on this thread's held
+        read connection with precompiled SQL: the serving path, a few microseconds over the raw
+        driver."""
         self._check_open()
         sql = PREFIX_SQL[self.dialect][(hi is not None, after is not None)]
         params = [index_id, version, lo]
