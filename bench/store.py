@@ -7,7 +7,8 @@ One items table, N items whose codes come from a residual k-means trained on a G
 (so prefixes and collisions look like a real catalog's). Measured, ours vs the raw driver on a
 table with the identical DDL:
 
-- bulk load rows/s: ``Store.insert_items`` (+ code packing, suffixes, version row, activation)
+- bulk load rows/s: the fit's write transaction on precomputed codes (``_store_version``: code
+  packing, suffixes, version and codebook rows, ``ItemWrites.load``, activation)
   vs ``sqlite3.executemany`` / psycopg binary ``COPY`` of prebuilt rows, one transaction each;
 - prefix lookup p50/p99 at depths 1-3, limit 100: ``SemanticIdIndex.items_with_prefix`` vs the
   same SELECT through the raw driver;
@@ -39,8 +40,8 @@ from sqlalchemy.schema import CreateIndex, CreateTable  # noqa: E402
 
 from semid_index import SemanticIdIndex  # noqa: E402
 from semid_index.datasets import gaussian_mixture  # noqa: E402
-from semid_index.storage import group_suffixes, pack_codes  # noqa: E402
 from semid_index.storage import _engine  # noqa: E402
+from semid_index.storage._codes import CodeLayout, group_suffixes  # noqa: E402
 from semid_index.storage._schema import items  # noqa: E402
 
 COLS = "index_id, version, item_key, code, suffix, fingerprint"
@@ -82,9 +83,7 @@ def ours_load(url: str, name: str, model, keys, codes) -> tuple[float, SemanticI
     idx = SemanticIdIndex.create(url, name, n_levels=codes.shape[1],
                                  codebook_size=list(model.codebook_sizes_))
     t = time.perf_counter()
-    packed = pack_codes(codes, idx._record.code_width)
-    idx._write_version(model, keys, packed, group_suffixes(packed),
-                       np.zeros(len(keys), dtype=np.int64), progress=False)
+    idx._store_version(model, keys, codes, np.zeros(len(keys), dtype=np.int64), progress=False)
     return time.perf_counter() - t, idx
 
 
@@ -197,13 +196,11 @@ PREFIX_SQL = ("SELECT item_key, code, suffix FROM semid_items WHERE index_id = {
               "version = {p} AND code >= {p} AND code < {p} ORDER BY code, suffix LIMIT {p}")
 
 
-def raw_prefix_fn(cursor, placeholder: str, width: int):
-    from semid_index.storage import prefix_range
-
+def raw_prefix_fn(cursor, placeholder: str, layout: CodeLayout):
     sql = PREFIX_SQL.format(p=placeholder)
 
     def run(index_id, version, pre, limit):
-        lo, hi = prefix_range(pre, width)
+        lo, hi = layout.range(pre)
         cursor.execute(sql, (index_id, version, lo, hi, limit))
         return cursor.fetchall()
     return run
@@ -226,14 +223,14 @@ def time_adds(idx: SemanticIdIndex, x: np.ndarray, batch: int, n_batches: int, t
 
 # ---------------------------------------------------------------------------- main
 def backend_run(kind: str, url: str, model, keys, codes, prefixes, extra, args, raw_conn_url):
-    packed = pack_codes(codes, 2)
-    rows = rows_of(keys, packed, group_suffixes(packed))
+    layout = CodeLayout(codes.shape[1], 2)
+    rows = rows_of(keys, layout.pack(codes), group_suffixes(codes))
     if kind == "sqlite":
         raw_t = raw_sqlite_load(raw_conn_url, rows)
     else:
         raw_t = raw_pg_load(raw_conn_url, rows)
     del rows
-    new_codes = pack_codes(model.encode(extra[:args.add_batches * 1000]).numpy(), 2)  # round 1
+    new_codes = layout.pack(model.encode(extra[:args.add_batches * 1000]).numpy())  # round 1
     raw_add = raw_adds(kind, raw_conn_url, new_codes, 1000)
     if kind == "postgresql":
         con = pg_connect(raw_conn_url)
@@ -245,10 +242,10 @@ def backend_run(kind: str, url: str, model, keys, codes, prefixes, extra, args, 
     res = {"load_ours": n / ours_t, "load_raw": n / raw_t}
     if kind == "sqlite":
         con = raw_sqlite(make_url(url).database)
-        raw = raw_prefix_fn(con.cursor(), "?", 2)
+        raw = raw_prefix_fn(con.cursor(), "?", layout)
     else:
         con = pg_connect(url)
-        raw = raw_prefix_fn(con.cursor(), "%s", 2)
+        raw = raw_prefix_fn(con.cursor(), "%s", layout)
     for depth in (1, 2, 3):
         pres = [tuple(p) for p in prefixes[:, :depth].tolist()]
         time_prefix(idx, raw, pres[:50])  # warm caches and prepared statements

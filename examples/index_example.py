@@ -38,7 +38,7 @@ def main(argv=None):
         index.fit(words[:a.limit], vectors[:a.limit])
         st = index.stats()
         print(f"fit: {st.n_items:,} items -> version {st.version} in {time.perf_counter() - t:.1f} s;"
-              f" {st.n_distinct_codes:,} distinct codes, {st.collision_rate:.1%} of items needed a "
+              f" {st.n_distinct_codes:,} distinct codes, {st.suffixed_share:.1%} of items needed a "
               f"suffix > 0 (largest suffix {st.max_suffix})")
 
         t = time.perf_counter()

@@ -111,14 +111,14 @@ def main(argv=None):
         st = index.stats()
         print(f"fit: {st.n_items:,} movies -> version {st.version} in "
               f"{time.perf_counter() - t:.1f} s; {st.n_distinct_codes:,} distinct codes, "
-              f"{st.collision_rate:.1%} of movies share all {a.levels} codes with another")
+              f"{st.collided_share:.1%} of movies share all {a.levels} codes with another")
         t = time.perf_counter()
         new = index.add(keys[n_fit:], x[n_fit:])
         print(f"add: {len(new):,} later movies got IDs from the frozen codebooks in "
               f"{time.perf_counter() - t:.2f} s (e.g. {keys[n_fit]!r} -> {new[0]})\n")
 
         for title in a.titles.split("|"):
-            sid = index.lookup_many([title], missing="none")[0]
+            sid = index.lookup_many([title], missing="skip")[0]
             if sid is None:
                 print(f"{title}: not in the catalog\n")
                 continue

@@ -32,12 +32,7 @@ _LAZY = {
     "KMeansPlusPlusInitInitializer": "semid_index.compat",
 }
 
-__all__ = [
-    "__version__",
-    "SemanticId",
-    *_errors.__all__,
-    *_LAZY,
-]
+__all__ = sorted(["__version__", "SemanticId", *_errors.__all__, *_LAZY])
 
 
 def __getattr__(name: str):

@@ -1,4 +1,9 @@
-"""Inputs and outputs of the ``semid`` command: embedding files, key files, tables, JSON."""
+"""Inputs and outputs of the ``semid`` command: embedding files, key files, tables, JSON.
+
+Reading only: what the files hold is validated by the library (:mod:`semid_index._inputs`),
+once. A file that cannot be read as what it claims to be raises
+:class:`~semid_index.errors.InputFileError` naming it.
+"""
 
 from __future__ import annotations
 
@@ -9,95 +14,139 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, DimensionMismatchError
+from ._inputs import load_npy
+from .errors import ConfigError, InputFileError
+
+BOM = "\ufeff"
 
 
 def read_keys(path) -> list[str]:
-    """Item keys from a text file, one per line (a trailing newline is fine; blank lines are
-    not keys)."""
-    with open(path, encoding="utf-8") as f:
-        keys = f.read().splitlines()
-    while keys and keys[-1] == "":
-        keys.pop()
-    if any(k == "" for k in keys):
-        line = keys.index("") + 1
-        raise ConfigError(f"{path}: line {line} is empty; a key file holds one key per line")
+    """Item keys from a UTF-8 text file, one per line.
+
+    Lines end at ``\\n`` (or ``\\r\\n``) only: other characters Unicode calls line breaks
+    (U+0085, U+2028, form feeds...) are part of a key. A leading byte-order mark is dropped,
+    a trailing newline is fine, and a blank line is an error (it is not a key)."""
+    p = str(path)
+    try:
+        data = Path(p).read_bytes()
+    except FileNotFoundError:
+        raise InputFileError(f"no such file: {p!r}", path=p) from None
+    except OSError as e:
+        raise InputFileError(f"cannot read {p!r}: {e.strerror or e}", path=p) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise InputFileError(f"{p}: line {line} is not valid UTF-8 (byte {data[e.start]:#04x} "
+                             f"at offset {e.start}); key files are UTF-8 text", path=p) from None
+    if text.startswith(BOM):
+        text = text[1:]
+    keys = text.split("\n")
+    if keys and keys[-1] == "":
+        keys.pop()  # the final newline
+    keys = [k[:-1] if k.endswith("\r") else k for k in keys]
+    if "" in keys:
+        raise InputFileError(f"{p}: line {keys.index('') + 1} is empty; a key file holds one "
+                             "key per line", path=p)
     return keys
 
 
 def read_embeddings(path, *, keys_file=None, key_column: str | None = None,
                     column: str | None = None, row_numbers: bool = False
                     ) -> tuple[list[str], np.ndarray]:
-    """(keys, embeddings (N, D)) from a ``.npy`` (memory-mapped), ``.npz`` or ``.parquet`` file.
+    """(keys, embeddings) from a ``.npy`` (memory-mapped), ``.npz`` or ``.parquet`` file.
 
     Keys come from ``keys_file`` (one per line), a Parquet column (``key_column``, default
     ``key`` when present), a ``keys`` array in an ``.npz``, or row numbers 0..N-1 when
     ``row_numbers`` is set. Embeddings: the ``.npy`` array; the ``.npz`` array named ``column``
     (default ``embeddings``, or its only array); the Parquet list column ``column`` (default
-    ``embedding``).
+    ``embedding``). Nothing is unpickled. Shapes, counts and values are checked by the library.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"no such file: {str(path)!r}")
-    kind = path.suffix.lower()
-    keys = None
+    p = str(path)
+    kind = Path(p).suffix.lower()
     if kind == ".npy":
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
+        keys, x = None, load_npy(p)
     elif kind == ".npz":
-        with np.load(path, allow_pickle=False) as z:
+        keys, x = _read_npz(p, column, use_keys=keys_file is None and not row_numbers)
+    elif kind == ".parquet":
+        keys, x = _read_parquet(p, column, key_column,
+                                use_keys=keys_file is None and not row_numbers)
+    elif not Path(p).exists():
+        raise InputFileError(f"no such file: {p!r}", path=p)
+    else:
+        raise InputFileError(f"cannot read embeddings from {p!r}: use .npy, .npz or .parquet",
+                             path=p)
+    if keys_file is not None:
+        keys = read_keys(keys_file)
+    elif row_numbers:
+        keys = [str(i) for i in range(x.shape[0] if x.ndim else 0)]
+    if keys is None:
+        raise ConfigError(f"no item keys for {p}: pass --keys FILE (one key per line), "
+                          "--key-column for Parquet, or --row-numbers to use 0..N-1")
+    return keys, x
+
+
+def _read_npz(p: str, column: str | None, use_keys: bool) -> tuple[list[str] | None, np.ndarray]:
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise InputFileError(f"{p!r} is a .npy array named .npz", path=p)
             names = list(z.files)
             name = column or ("embeddings" if "embeddings" in names else None)
             if name is None:
                 rest = [n for n in names if n != "keys"]
                 if len(rest) != 1:
-                    raise ConfigError(f"{path} holds arrays {names}: name the embeddings with "
+                    raise ConfigError(f"{p} holds arrays {names}: name the embeddings with "
                                       "--column")
                 name = rest[0]
             if name not in names:
-                raise ConfigError(f"{path} has no array {name!r} (it holds {names})")
+                raise ConfigError(f"{p} has no array {name!r} (it holds {names})")
             x = z[name]
-            if "keys" in names and keys_file is None and not row_numbers:
-                keys = [str(k) for k in z["keys"].tolist()]
-    elif kind == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ConfigError("reading Parquet needs pyarrow: pip install 'semid-index[parquet]'"
-                              ) from None
-        table = pq.read_table(path)
-        name = column or "embedding"
-        if name not in table.column_names:
-            raise ConfigError(f"{path} has no column {name!r} (columns: {table.column_names}); "
-                              "name the embedding column with --column")
-        values = table.column(name).to_pylist()
-        if not values:
-            x = np.zeros((0, 0), dtype=np.float32)
-        else:
-            try:
-                x = np.asarray(values, dtype=np.float32)
-            except ValueError:
-                raise DimensionMismatchError(f"{path}: the rows of column {name!r} have "
-                                             "different lengths") from None
-        kc = key_column or ("key" if "key" in table.column_names else None)
-        if kc is not None and keys_file is None and not row_numbers:
-            if kc not in table.column_names:
-                raise ConfigError(f"{path} has no column {kc!r} (columns: {table.column_names})")
-            keys = [str(k) for k in table.column(kc).to_pylist()]
-    else:
-        raise ConfigError(f"cannot read embeddings from {str(path)!r}: use .npy, .npz or .parquet")
-    if x.ndim != 2:
-        raise DimensionMismatchError(f"{path}: embeddings must be 2-d (N, D), got shape {x.shape}")
-    if keys_file is not None:
-        keys = read_keys(keys_file)
-    elif row_numbers:
-        keys = [str(i) for i in range(x.shape[0])]
-    if keys is None:
-        raise ConfigError(f"no item keys for {path}: pass --keys FILE (one key per line), "
-                          "--key-column for Parquet, or --row-numbers to use 0..N-1")
-    if len(keys) != x.shape[0]:
-        raise DimensionMismatchError(f"{len(keys)} item keys but {x.shape[0]} embedding rows "
-                                     f"in {path}")
+            keys = [str(k) for k in z["keys"].tolist()] if use_keys and "keys" in names \
+                else None
+    except (ConfigError, InputFileError):
+        raise
+    except FileNotFoundError:
+        raise InputFileError(f"no such file: {p!r}", path=p) from None
+    except Exception as e:  # noqa: BLE001 - zip, npy and pickle errors of a bad file
+        raise InputFileError(f"{p!r} is not a readable NumPy .npz archive of arrays: "
+                             f"{type(e).__name__}: {e}", path=p) from None
     return keys, x
+
+
+def _read_parquet(p: str, column: str | None, key_column: str | None,
+                  use_keys: bool) -> tuple[list[str] | None, np.ndarray]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError("reading Parquet needs pyarrow: pip install 'semid-index[parquet]'"
+                          ) from None
+    try:
+        table = pq.read_table(p)
+    except FileNotFoundError:
+        raise InputFileError(f"no such file: {p!r}", path=p) from None
+    except Exception as e:  # noqa: BLE001 - pyarrow's errors of a file that is not Parquet
+        raise InputFileError(f"{p!r} is not a readable Parquet file: {e}", path=p) from None
+    name = column or "embedding"
+    if name not in table.column_names:
+        raise ConfigError(f"{p} has no column {name!r} (columns: {table.column_names}); "
+                          "name the embedding column with --column")
+    values = table.column(name).to_pylist()
+    try:
+        x = np.asarray(values, dtype=np.float32) if values else np.zeros((0, 0), np.float32)
+    except (TypeError, ValueError):
+        raise InputFileError(f"{p}: the rows of column {name!r} have different lengths, or "
+                             "hold nulls or non-numbers", path=p) from None
+    kc = key_column or ("key" if "key" in table.column_names else None)
+    if kc is None or not use_keys:
+        return None, x
+    if kc not in table.column_names:
+        raise ConfigError(f"{p} has no column {kc!r} (columns: {table.column_names})")
+    raw = table.column(kc).to_pylist()
+    if None in raw:
+        raise InputFileError(f"{p}: key column {kc!r} has a null in row {raw.index(None)}",
+                             path=p)
+    return [str(k) for k in raw], x
 
 
 # ---------------------------------------------------------------------------- output

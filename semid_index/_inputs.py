@@ -1,44 +1,82 @@
-"""Validation of what callers hand to :class:`SemanticIdIndex` (numpy only, no torch)."""
+"""The validation boundary: what callers hand to semid_index is checked here, once (numpy only,
+no torch). Everything past this module (the quantizer's kernels, the store) trusts its input.
+
+Each function raises a typed error naming the offending value, or returns the value in the one
+form the rest of the library uses: keys as ``list[str]``, embeddings as a 2-d numeric array
+(viewed in place where possible), a hierarchy as ``list[int]``, prefixes as tuples of ints.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import re
+import unicodedata
+import warnings
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from .errors import (ConfigError, DimensionMismatchError, DuplicateKeyError, EmptyInputError,
-                     InvalidCodesError, NonFiniteError)
+                     InputFileError, InvalidCodesError, NonFiniteError)
 from .ids import SemanticId
 
 MAX_KEY_LENGTH = 1024
+MAX_NAME_LENGTH = 200
+MAX_LEVELS = 64
+MAX_CODEBOOK = 1 << 32
+MAX_SUFFIX = 2**31 - 1  # the suffix column is a 32-bit integer
+FINITE_BLOCK = 65_536  # rows per finiteness check (bounds the temporary of a memmap scan)
+_DIGITS = re.compile(r"[0-9]{1,10}")
+_CURSOR = re.compile(r"(?P<id>[0-9-]+)(?:@v(?P<version>[0-9]{1,10}))?")
 
 
+# ---------------------------------------------------------------------------- item keys
 def item_keys(keys, *, allow_duplicates: bool = False) -> list[str]:
-    """Item keys as a list of non-empty str. ints (and numpy ints) become their decimal str."""
+    """Item keys as a list of non-empty str (ints, numpy ints too: their decimal string).
+
+    A key has 1..1024 characters, no NUL, and encodes to UTF-8 (no lone surrogates, such as
+    undecodable bytes smuggled in through a command line)."""
     if isinstance(keys, (str, bytes)):
         raise ConfigError(f"item keys must be a sequence of keys, got a single {type(keys).__name__}"
-                          f" {keys!r}: wrap it in a list")
+                          f" {keys[:40]!r}: wrap it in a list")
     if isinstance(keys, np.ndarray):
         keys = keys.tolist()
-    keys = list(keys)
+    try:
+        keys = list(keys)
+    except TypeError:
+        raise ConfigError(f"item keys must be a sequence of str or int, got "
+                          f"{type(keys).__name__}") from None
     if keys and all(type(k) is str for k in keys) and 0 < min(map(len, keys)) and \
-            max(map(len, keys)) <= MAX_KEY_LENGTH and not any("\x00" in k for k in keys):
+            max(map(len, keys)) <= MAX_KEY_LENGTH and not any("\x00" in k for k in keys) and \
+            _utf8(keys):
         return _unique(keys, allow_duplicates)  # the common case, checked in C loops
     out = []
     for i, k in enumerate(keys):
         if isinstance(k, str):
             s = k
-        elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+        elif isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
             s = str(int(k))
         else:
-            raise ConfigError(f"item keys must be str or int; key #{i} is {type(k).__name__} {k!r}")
+            raise ConfigError(f"item keys must be str or int; key #{i} is {type(k).__name__} "
+                              f"{str(k)[:40]!r}")
         if not s or len(s) > MAX_KEY_LENGTH or "\x00" in s:
             raise ConfigError(f"item key #{i} {s[:40]!r} must have 1..{MAX_KEY_LENGTH} characters "
                               f"and no NUL, has {len(s)}")
+        if not _utf8([s]):
+            raise ConfigError(f"item key #{i} {s[:40]!r} is not valid Unicode text (it holds a "
+                              "lone surrogate, e.g. from undecodable bytes)")
         out.append(s)
     return _unique(out, allow_duplicates)
+
+
+def _utf8(keys: list[str]) -> bool:
+    try:
+        "".join(keys).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _unique(keys: list[str], allow_duplicates: bool) -> list[str]:
@@ -49,39 +87,94 @@ def _unique(keys: list[str], allow_duplicates: bool) -> list[str]:
     return keys
 
 
-def embedding_matrix(embeddings, n_keys: int | None, dim: int | None = None) -> np.ndarray:
-    """A 2-d float array (N, D) viewed in place where possible: numpy array or memmap, torch
-    tensor (CPU), nested lists, or the path of a ``.npy`` file (memory-mapped)."""
-    if isinstance(embeddings, (str, Path)):
-        embeddings = np.load(embeddings, mmap_mode="r", allow_pickle=False)
-    elif hasattr(embeddings, "detach") and hasattr(embeddings, "cpu"):  # torch.Tensor
-        embeddings = embeddings.detach().cpu().numpy()
-    x = np.asarray(embeddings)
-    if x.dtype.kind not in "fiu":
-        raise ConfigError(f"embeddings must be numbers, got dtype {x.dtype}")
-    if x.ndim != 2:
-        raise DimensionMismatchError(f"embeddings must be 2-d (N, D), got shape {x.shape}")
-    if n_keys is not None and x.shape[0] != n_keys:
-        raise DimensionMismatchError(
-            f"got {n_keys} item keys but {x.shape[0]} embedding rows")
-    if x.shape[0] == 0:
+def missing_policy(missing: str) -> str:
+    """``missing=`` of lookups and removals: ``"raise"`` or ``"skip"`` (the older spellings
+    ``"none"`` and ``"ignore"`` still work, with a DeprecationWarning)."""
+    if missing in ("none", "ignore"):
+        warnings.warn(f"missing={missing!r} is now spelled missing='skip'", DeprecationWarning,
+                      stacklevel=3)
+        return "skip"
+    if missing not in ("raise", "skip"):
+        raise ConfigError(f"missing must be 'raise' or 'skip', got {missing!r}")
+    return missing
+
+
+# ---------------------------------------------------------------------------- embeddings
+def embeddings(x, n_keys: int | None, dim: int | None = None,
+               keys: Sequence[str] | None = None) -> np.ndarray:
+    """A 2-d numeric array (N, D), viewed in place where possible, checked once: numbers,
+    2-d, ``n_keys`` rows (when given), not empty, ``dim`` columns (when given), every value
+    finite (the first bad row is named by its key when ``keys`` are given).
+
+    x : numpy array or memmap, torch tensor (any device), nested lists, or the path of a
+    ``.npy`` file (memory-mapped, never unpickled)."""
+    a = _as_array(x)
+    if a.dtype.kind not in "fiu":
+        raise ConfigError(f"embeddings must be numbers, got dtype {a.dtype}")
+    if a.ndim != 2:
+        raise DimensionMismatchError(f"embeddings must be 2-d (N, D), got shape {a.shape}")
+    if n_keys is not None and a.shape[0] != n_keys:
+        raise DimensionMismatchError(f"got {n_keys} item keys but {a.shape[0]} embedding rows")
+    if a.shape[0] == 0:
         raise EmptyInputError("no items: keys and embeddings are empty")
-    check_dim(x, dim)
-    return x
-
-
-def check_dim(x: np.ndarray, dim: int | None) -> None:
-    """Raise DimensionMismatchError unless ``x`` (N, D) has D == ``dim`` (None: any)."""
-    if dim is not None and x.shape[1] != dim:
+    if a.shape[1] == 0:
+        raise DimensionMismatchError(f"embeddings have dim=0: got shape {a.shape}")
+    if dim is not None and a.shape[1] != dim:
         raise DimensionMismatchError(
-            f"embeddings have dim={x.shape[1]} but the index was trained with dim={dim}")
+            f"embeddings have dim={a.shape[1]} but the index was trained with dim={dim}")
+    if a.dtype.kind == "f":
+        for start in range(0, a.shape[0], FINITE_BLOCK):
+            _check_finite(a[start:start + FINITE_BLOCK], start, keys)
+    return a
 
 
-def check_finite(block: np.ndarray, offset: int, keys: Sequence[str] | None = None) -> None:
-    """Raise NonFiniteError naming the first row (and its item key, when ``keys`` are given)
-    whose embedding has NaN/inf; ``block`` holds rows ``offset, offset + 1, ...``."""
-    if np.isfinite(block.sum(dtype=np.float64)):
-        return
+def _as_array(x) -> np.ndarray:
+    if isinstance(x, (str, os.PathLike)):
+        return load_npy(x)
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor (imported by its owner)
+        t = x.detach().cpu()
+        if t.is_complex():
+            raise ConfigError(f"embeddings must be real numbers, got dtype {t.dtype}")
+        if not t.dtype.is_floating_point or t.element_size() < 4:
+            t = t.float()  # bfloat16/float16/integers: numpy has no bfloat16
+        return t.numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy's ragged-array warnings become our error
+            a = np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise DimensionMismatchError(f"embeddings must be a rectangular (N, D) array of "
+                                     f"numbers: {e}") from None
+    if a.dtype == object:
+        raise DimensionMismatchError("embeddings must be a rectangular (N, D) array of numbers: "
+                                     "the rows have different lengths or hold non-numbers")
+    return a
+
+
+def load_npy(path) -> np.ndarray:
+    """A ``.npy`` file, memory-mapped; never unpickled. Errors name the file."""
+    p = str(path)
+    try:
+        return np.load(p, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise InputFileError(f"no such file: {p!r}", path=p) from None
+    except IsADirectoryError:
+        raise InputFileError(f"{p!r} is a directory, not a .npy file", path=p) from None
+    except PermissionError:
+        raise InputFileError(f"{p!r} may not be read by this process", path=p) from None
+    except (ValueError, OSError, EOFError) as e:  # not .npy, truncated, pickled objects
+        raise InputFileError(f"{p!r} is not a readable NumPy .npy array of numbers: {e}",
+                             path=p) from None
+
+
+def _check_finite(block: np.ndarray, offset: int, keys: Sequence[str] | None) -> None:
+    """Raise NonFiniteError naming the first row (and its item key) with NaN/inf; ``block``
+    holds rows ``offset, offset + 1, ...``."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(block.sum(dtype=np.float64)):
+            return
     bad = ~np.isfinite(block)
     rows = np.flatnonzero(bad.any(axis=1))
     if rows.size:
@@ -93,21 +186,131 @@ def check_finite(block: np.ndarray, offset: int, keys: Sequence[str] | None = No
             "row(s) of this block are affected", row=r, column=col)
 
 
+# ---------------------------------------------------------------------------- hierarchy
+def hierarchy(n_levels, codebook_size) -> list[int]:
+    """Codebook sizes per level: ``codebook_size`` (one int, or one per level) for
+    ``n_levels`` levels, each in 1..2**32."""
+    if isinstance(n_levels, (bool, np.bool_)) or not isinstance(n_levels, (int, np.integer)) \
+            or not 1 <= n_levels <= MAX_LEVELS:
+        raise ConfigError(f"n_levels must be an int in 1..{MAX_LEVELS}, got {n_levels!r}")
+    if isinstance(codebook_size, (int, np.integer)) and not isinstance(codebook_size, bool):
+        sizes = [codebook_size] * int(n_levels)
+    elif isinstance(codebook_size, (list, tuple, np.ndarray)):
+        sizes = list(codebook_size)
+    else:
+        raise ConfigError(f"codebook_size must be an int or one int per level, got "
+                          f"{codebook_size!r}")
+    if len(sizes) != n_levels:
+        raise ConfigError(f"codebook_size has {len(sizes)} entries for {n_levels} levels")
+    for s in sizes:
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or \
+                not 1 <= s <= MAX_CODEBOOK:
+            raise ConfigError(f"codebook sizes must be ints in 1..2**32, got {sizes}")
+    return [int(s) for s in sizes]
+
+
+def _int(lo: int, hi: float = math.inf, none: bool = False):
+    def check(v) -> bool:
+        return (none and v is None) or (isinstance(v, (int, np.integer))
+                                        and not isinstance(v, (bool, np.bool_)) and lo <= v <= hi)
+    check.__doc__ = f"an int >= {lo}" + (" or None" if none else "")
+    return check
+
+
+def _number(lo: float, strict: bool = False):
+    def check(v) -> bool:
+        return isinstance(v, (int, float, np.integer, np.floating)) and \
+            not isinstance(v, (bool, np.bool_)) and not math.isnan(v) and \
+            (v > lo if strict else v >= lo)
+    check.__doc__ = f"a number {'>' if strict else '>='} {lo}"
+    return check
+
+
+def _flag(v) -> bool:
+    """a bool"""
+    return isinstance(v, (bool, np.bool_))
+
+
+def _device(v) -> bool:
+    """a device name such as 'cpu', 'cuda' or 'cuda:1'"""
+    return isinstance(v, str) and re.fullmatch(r"(cpu|cuda|mps|xpu)(:[0-9]{1,3})?", v) is not None
+
+
+def _mode(v) -> bool:
+    """'default' or 'grid'"""
+    return v in ("default", "grid")
+
+
+#: the options of ResidualKMeans an index stores, and what each must be
+MODEL_OPTIONS = {
+    "normalize_residuals": _flag, "train_layer_wise": _flag, "batch_size": _int(1),
+    "max_epochs": _number(0, strict=True), "max_steps": _int(0, none=True), "tol": _number(0),
+    "max_no_improvement": _int(1, none=True), "init_size": _int(1, none=True),
+    "n_init_trials": _int(1, none=True), "reassign_empty": _flag, "n_polish": _int(0),
+    "polish_tol": _number(0), "train_size": _int(1, none=True), "check_input": _flag,
+    "seed": _int(-2**63, 2**64 - 1), "device": _device, "mode": _mode,
+}
+
+
+def model_options(options: dict, *, known: Sequence[str] | None = None) -> dict:
+    """Check quantizer options by name and value (the same rules ``ResidualKMeans`` applies);
+    returns them unchanged."""
+    names = MODEL_OPTIONS if known is None else known
+    bad = sorted(set(options) - set(names))
+    if bad:
+        raise ConfigError(f"unknown option(s) {bad}; known: {', '.join(names)}")
+    for name, value in options.items():
+        check = MODEL_OPTIONS.get(name)
+        if check is not None and not check(value):
+            raise ConfigError(f"{name} must be {check.__doc__}, got {value!r}")
+    return options
+
+
+def index_name(name) -> str:
+    """An index name: 1..200 characters, not only spaces, no control characters."""
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH or \
+            any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
+        raise ConfigError(f"an index name must be a str of 1..{MAX_NAME_LENGTH} printable "
+                          f"characters, got {name!r}")
+    return name
+
+
+def positive_int(name: str, value) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or \
+            value < 1:
+        raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def version_number(version) -> int | None:
+    """``version=`` of a read: None (the active version) or a positive int."""
+    return None if version is None else positive_int("version", version)
+
+
+# ---------------------------------------------------------------------------- prefixes
 def prefix_tuple(prefix, sizes: Sequence[int], *, min_depth: int) -> tuple[int, ...]:
-    """A prefix as a tuple of level codes: tuple/list of ints, a SemanticId (its levels), or a
-    string like ``"12-201"``. Checks depth ``min_depth..L`` and each code against its codebook."""
+    """A prefix as a tuple of level codes from a sequence of ints, a SemanticId (its levels),
+    or a string like ``"12-201"``. Checks the depth (``min_depth..L``) and each code against its
+    codebook; floats, bools, bytes and other non-integers are refused, never truncated."""
     if isinstance(prefix, SemanticId):
-        prefix = prefix.levels
+        out = prefix.levels
     elif isinstance(prefix, str):
-        parts = prefix.strip().split("-") if prefix.strip() else []
-        if not all(p.isdigit() for p in parts):
-            raise InvalidCodesError(f"malformed prefix {prefix!r}: expected codes joined by '-', "
-                                    "e.g. '12-201'")
-        prefix = [int(p) for p in parts]
-    try:
-        out = tuple(int(c) for c in prefix)
-    except (TypeError, ValueError):
-        raise InvalidCodesError(f"a prefix is a sequence of level codes, got {prefix!r}") from None
+        text = prefix.strip()
+        parts = text.split("-") if text else []
+        if not all(_DIGITS.fullmatch(p) for p in parts):
+            raise InvalidCodesError(f"malformed prefix {prefix!r}: expected codes (digits 0-9) "
+                                    "joined by '-', e.g. '12-201'")
+        out = tuple(int(p) for p in parts)
+    elif isinstance(prefix, (tuple, list)) or (isinstance(prefix, np.ndarray)
+                                                and prefix.ndim == 1):
+        vals = prefix.tolist() if isinstance(prefix, np.ndarray) else list(prefix)
+        if not all(isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_))
+                   for c in vals):
+            raise InvalidCodesError(f"a prefix holds integer level codes, got {prefix!r}")
+        out = tuple(int(c) for c in vals)
+    else:
+        raise InvalidCodesError(f"a prefix is a tuple of level codes, a SemanticId or a string "
+                                f"like '12-201', got {type(prefix).__name__} {prefix!r}")
     if not min_depth <= len(out) <= len(sizes):
         raise InvalidCodesError(
             f"prefix {out} has depth {len(out)}; this index has {len(sizes)} levels, so the "
@@ -116,3 +319,24 @@ def prefix_tuple(prefix, sizes: Sequence[int], *, min_depth: int) -> tuple[int, 
         if not 0 <= c < k:
             raise InvalidCodesError(f"prefix {out}: level-{lv + 1} code {c} is outside 0..{k - 1}")
     return out
+
+
+def cursor(text, sizes: Sequence[int], prefix: tuple[int, ...]
+           ) -> tuple[tuple[int, ...], int, int | None]:
+    """A prefix page's cursor: ``"12-201-7-0@v3"`` (the last ID of the page and the version it
+    was read from; a plain ID string is accepted too) -> (levels, suffix, version or None)."""
+    m = _CURSOR.fullmatch(text.strip()) if isinstance(text, str) else None
+    parts = m.group("id").split("-") if m else []
+    if not m or len(parts) != len(sizes) + 1 or not all(_DIGITS.fullmatch(p) for p in parts):
+        raise InvalidCodesError(f"malformed cursor {str(text)[:60]!r}: pass back the cursor of "
+                                "the previous page, e.g. '12-201-7-0@v1'")
+    levels = tuple(int(p) for p in parts[:-1])
+    suffix = int(parts[-1])
+    prefix_tuple(levels, sizes, min_depth=len(sizes))
+    if suffix > MAX_SUFFIX:
+        raise InvalidCodesError(f"cursor {text!r}: suffix {suffix} is out of range")
+    if levels[:len(prefix)] != prefix:
+        raise InvalidCodesError(f"cursor {text!r} does not belong to prefix {prefix}")
+    version = m.group("version")
+    return levels, suffix, None if version is None else positive_int("cursor version",
+                                                                     int(version))

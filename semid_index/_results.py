@@ -22,12 +22,14 @@ class IndexedItem(NamedTuple):
 class PrefixPage:
     """One page of :meth:`SemanticIdIndex.items_with_prefix`, ordered by ID.
 
-    ``cursor`` is the ID string of the last item; pass it back to get the next page. It is
-    ``None`` when this page ends the prefix.
+    ``cursor`` is the last item's ID and the version it was read from (``"12-201-7-0@v1"``);
+    pass it back to get the next page of the same version. It is ``None`` when this page ends
+    the prefix. ``version`` is the version the page was read from (None for an empty page).
     """
 
     items: list[IndexedItem]
     cursor: str | None
+    version: int | None = None
 
     def __iter__(self):
         return iter(self.items)
@@ -73,8 +75,10 @@ class IndexStats:
     """Summary of an index's active (or chosen) version.
 
     ``prefixes_per_level[l]`` counts distinct prefixes of depth ``l + 1`` (codes in use at level 1,
-    then pairs, ...); ``n_collided`` counts items whose suffix is > 0; ``n_retired`` counts IDs
-    taken back from removed or reassigned items (never issued again).
+    then pairs, ...). ``n_collided`` counts items whose full code at least one other item shares
+    (every member of such a group), ``n_suffixed`` those with a suffix > 0 (all but the first of
+    each group); ``largest_group`` is the most items sharing one full code. ``n_retired``
+    counts IDs taken back from removed or reassigned items (never issued again).
     """
 
     name: str
@@ -86,12 +90,19 @@ class IndexStats:
     dim: int | None
     n_items: int
     n_distinct_codes: int
+    n_suffixed: int
     n_collided: int
+    largest_group: int
     max_suffix: int | None
     n_retired: int
     prefixes_per_level: list[int] = field(default_factory=list)
 
     @property
-    def collision_rate(self) -> float:
-        """Fraction of items that needed a suffix > 0."""
+    def suffixed_share(self) -> float:
+        """Share of items whose suffix is > 0."""
+        return self.n_suffixed / self.n_items if self.n_items else 0.0
+
+    @property
+    def collided_share(self) -> float:
+        """Share of items whose full code another item shares."""
         return self.n_collided / self.n_items if self.n_items else 0.0

@@ -8,9 +8,9 @@ status 1 (2 for a usage error); nothing is half-written.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
-from pathlib import Path
 
 import click
 
@@ -22,22 +22,14 @@ _CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class _Group(click.Group):
-    """Turns library, database and file errors into one line and exit status 1."""
+    """Turns the library's errors (database and file errors included: the library wraps them)
+    into one line and exit status 1."""
 
     def invoke(self, ctx):
-        from sqlalchemy.exc import SQLAlchemyError
-
         try:
             return super().invoke(ctx)
         except SemanticIdError as e:
-            _fail(e.args[0] if e.args else str(e))
-        except SQLAlchemyError as e:
-            text = str(getattr(e, "orig", None) or e).strip().splitlines()
-            _fail(f"database error: {text[0] if text else type(e).__name__}")
-        except OSError as e:
-            _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
+            _fail(str(e.args[0]) if e.args else type(e).__name__)
 
 
 def _fail(message: str, status: int = 1):
@@ -134,10 +126,10 @@ def init(db, index_name, as_json, levels, codebook_size, seed, normalize_residua
 
 
 def _sizes(text: str, levels: int):
-    try:
-        sizes = [int(s) for s in str(text).split(",")]
-    except ValueError:
+    """--codebook-size as one int or a list of ints (the library checks the values)."""
+    if not re.fullmatch(r"[0-9]{1,10}(,[0-9]{1,10})*", str(text).strip()):
         _fail(f"--codebook-size must be a number or numbers joined by commas, got {text!r}")
+    sizes = [int(s) for s in str(text).split(",")]
     if len(sizes) == 1:
         return sizes[0]
     if len(sizes) != levels:
@@ -188,12 +180,13 @@ def fit(db, index_name, as_json, embeddings, keys_file, key_column, column, row_
     with idx:
         idx.fit(keys, x, progress=_progress())
         s = idx.stats()
-    out = {"index": s.name, "version": s.version, "items": s.n_items, "dim": s.dim,
-           "codebook_sizes": list(s.codebook_sizes), "collision_rate": s.collision_rate,
-           "seconds": round(time.perf_counter() - t, 3)}
+    out = {"index": s.name, "version": s.version, "n_items": s.n_items, "dim": s.dim,
+           "codebook_sizes": list(s.codebook_sizes), "collided_share": s.collided_share,
+           "suffixed_share": s.suffixed_share, "seconds": round(time.perf_counter() - t, 3)}
     _emit(as_json, out, f"fitted version {s.version} of {s.name!r}: {s.n_items:,} items, "
-                        f"D={s.dim}, {'/'.join(map(str, s.codebook_sizes))} codes, "
-                        f"{s.collision_rate:.2%} with a suffix > 0 ({out['seconds']:.1f} s)")
+                        f"D={s.dim}, {'/'.join(map(str, s.codebook_sizes))} codes; "
+                        f"{s.collided_share:.2%} share their full code with another item "
+                        f"({out['seconds']:.1f} s)")
 
 
 @main.command(context_settings=_CTX)
@@ -229,14 +222,14 @@ def add(db, index_name, as_json, embeddings, keys_file, key_column, column, row_
 @click.argument("keys", nargs=-1)
 @click.option("--keys", "keys_file", type=click.Path(dir_okay=False),
               help="Text file of item keys, one per line.")
-@click.option("--missing", type=click.Choice(["raise", "ignore"]), default="raise",
+@click.option("--missing", type=click.Choice(["raise", "skip"]), default="raise",
               show_default=True, help="Unknown keys: fail (removing nothing) or skip them.")
 def remove(db, index_name, as_json, keys, keys_file, missing):
     """Remove items; their IDs are retired and never issued again.
 
     \b
     semid remove sku-1 sku-2
-    semid remove --keys discontinued.txt --missing ignore
+    semid remove --keys discontinued.txt --missing skip
     """
     keys = list(keys) + (io.read_keys(keys_file) if keys_file else [])
     if not keys:
@@ -328,8 +321,9 @@ def prefix(db, index_name, as_json, prefix, limit, cursor, count_only):
 @click.option("--column", help="The .npz array or Parquet column of --embeddings.")
 @click.option("--version", "version", type=int, help="A version other than the active one.")
 def stats(db, index_name, as_json, embeddings, column, version):
-    """The quality report: per-level utilisation, dead codes, entropy and perplexity, collision
-    rate, largest group, unique share at each depth (and reconstruction error with --embeddings).
+    """The quality report: per-level utilisation, dead codes, entropy and perplexity, collided
+    and suffixed shares, largest group, unique share at each depth (and the relative
+    reconstruction error with --embeddings).
 
     \b
     semid stats
@@ -343,13 +337,14 @@ def stats(db, index_name, as_json, embeddings, column, version):
             io.read_embeddings(embeddings, column=column, row_numbers=True)[1]
         cs = idx.code_report(x, version=version)
     rel = cs["relative_error"]
-    out = {"index": s.name, "db": s.url, "version": s.version, "versions": s.n_versions,
-           "items": s.n_items, "dim": s.dim, "codebook_sizes": list(s.codebook_sizes),
-           "retired_ids": s.n_retired, "distinct_codes": cs["unique_full_codes"],
-           "collision_rate": cs["collision_rate"], "suffixed_share": s.collision_rate,
-           "largest_group": cs["largest_group"],
-           "max_suffix": s.max_suffix, "unique_share": cs["unique_share"],
-           "levels": [vars(lv) for lv in cs["levels"]], "reconstruction_error": rel}
+    out = {"index": s.name, "db": s.url, "version": s.version, "n_versions": s.n_versions,
+           "n_items": s.n_items, "dim": s.dim, "codebook_sizes": list(s.codebook_sizes),
+           "n_retired": s.n_retired, "n_distinct_codes": s.n_distinct_codes,
+           "n_collided": s.n_collided, "collided_share": s.collided_share,
+           "n_suffixed": s.n_suffixed, "suffixed_share": s.suffixed_share,
+           "largest_group": s.largest_group, "max_suffix": s.max_suffix,
+           "unique_share": cs["unique_share"], "levels": [vars(lv) for lv in cs["levels"]],
+           "relative_error": rel}
     if as_json:
         io.emit_json(out)
         return
@@ -362,11 +357,11 @@ def stats(db, index_name, as_json, embeddings, column, version):
           f"{lv.entropy_bits:.2f}", f"{lv.perplexity:.1f}", f"{lv.largest_share:.2%}",
           f"{share:.2%}"] for lv, share in zip(cs["levels"], cs["unique_share"])],
         right=set(range(9))))
-    click.echo(f"distinct full codes {cs['unique_full_codes']:,}; collision rate (items sharing "
-               f"all {s.n_levels} codes with another) {cs['collision_rate']:.2%}; items with a "
-               f"suffix > 0 {s.collision_rate:.2%}; largest group {cs['largest_group']}")
+    click.echo(f"distinct full codes {s.n_distinct_codes:,}; collided (sharing all "
+               f"{s.n_levels} codes with another item) {s.n_collided:,} = {s.collided_share:.2%};"
+               f" suffixed (suffix > 0) {s.suffixed_share:.2%}; largest group {s.largest_group}")
     if rel is not None:
-        click.echo(f"reconstruction error ||x - x_hat||^2 / ||x||^2: {rel:.4f}")
+        click.echo(f"relative error ||x - x_hat||^2 / ||x||^2: {rel:.4f}")
 
 
 @main.command(context_settings=_CTX)
@@ -397,14 +392,8 @@ def export(db, index_name, as_json, out, what, fmt, no_tokens, version):
     else:
         allowed = ex.FORMATS if what == "ids" else ("jsonl", "parquet", "npz")
         fmt = ex.format_of(out, fmt, allowed)
-    written = [Path(out)] + ([Path(out + ".keys.txt")] if what == "grid" else [])
-    fresh = [p for p in written if not p.exists()]
-    try:
-        n, extra = _export(db, index_name, out, what, fmt, no_tokens, version)
-    except BaseException:
-        for p in fresh:  # no half-written file left behind
-            p.unlink(missing_ok=True)
-        raise
+    # files appear only complete: an export that fails leaves what was there before
+    n, extra = _export(db, index_name, out, what, fmt, no_tokens, version)
     _emit(as_json, {"out": out, "what": what, "rows": n}, f"wrote {n:,}{extra} to {out}")
 
 

@@ -160,7 +160,7 @@ class MiniBatchKMeans(nn.Module):
         x = _embeddings(batch)
         self._check_dim(x)
         if self._bound is not None:
-            raise RuntimeError("this layer belongs to a ResidualQuantization: train that instead")
+            raise ConfigError("this layer belongs to a ResidualQuantization: train that instead")
         self._model.partial_fit(x)
         if not self.is_initialized:
             return torch.tensor(float("nan"))
@@ -254,7 +254,8 @@ class ResidualQuantization(nn.Module):
         """Update the codebooks with batch (B, D) (or an (ids, embeddings) pair); returns the
         mean squared residual after the last seeded level (NaN until level 1 is seeded)."""
         if not self.training:
-            raise RuntimeError("call model.train() before training_step()")
+            raise ConfigError("the model is in eval mode: call model.train() before "
+                              "training_step()")
         x = _embeddings(batch)
         check_batch(x, self.embedding_dim, expected_from="the model was built with")
         level = None

@@ -12,11 +12,9 @@ import os
 
 import numpy as np
 
+from .errors import DataUnavailableError
+
 __all__ = ["glove", "gaussian_mixture", "glove_or_mixture", "DataUnavailableError"]
-
-
-class DataUnavailableError(ImportError):
-    """The package carrying a data set is not installed."""
 
 
 def glove(limit: int | None = None, *, words: bool = True):

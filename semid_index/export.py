@@ -13,22 +13,47 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
+import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, OutputFileError
 from .ids import id_string, token_string
 
-__all__ = ["FORMATS", "next_code_table", "token_strings", "write_ids", "write_next_codes",
-           "write_grid", "format_of"]
+__all__ = ["FORMATS", "format_of", "next_code_table", "replaced", "token_strings", "write_grid",
+           "write_ids", "write_next_codes"]
 
 FORMATS = ("jsonl", "csv", "parquet", "npz")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
              ".npz": "npz", ".npy": "npy"}
+
+
+@contextlib.contextmanager
+def replaced(path) -> Iterator[str]:
+    """Write to a new temporary file beside ``path`` (the block gets its name); it takes
+    ``path``'s place only when the block succeeds, so a failed export leaves an existing file
+    as it was and no partial file behind. OS errors become :class:`OutputFileError`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies
+    except OSError as e:
+        raise OutputFileError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+    try:
+        yield str(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputFileError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def format_of(path, fmt: str | None, allowed: Sequence[str]) -> str:
@@ -91,7 +116,16 @@ def write_ids(path, fmt: str, pages: Iterable[tuple[Sequence[str], np.ndarray]],
               tokens: bool = True) -> int:
     """One record per item: key, ID string, level codes, suffix (and token string). ``pages``
     yields (keys, ids (B, L + 1)) as ``SemanticIdIndex.id_pages`` does; JSONL, CSV and Parquet
-    are written page by page (memory stays flat), npz at the end. Returns the number of items."""
+    are written page by page (memory stays flat), npz at the end. Returns the number of items.
+    The file appears only complete (see :func:`replaced`)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"item IDs export as {', '.join(FORMATS)}, not {fmt!r}")
+    with replaced(path) as tmp:
+        return _write_ids(tmp, fmt, pages, tokens)
+
+
+def _write_ids(path: str, fmt: str, pages: Iterable[tuple[Sequence[str], np.ndarray]],
+               tokens: bool) -> int:
     n = 0
     if fmt == "jsonl":
         with open(path, "w", encoding="utf-8") as f:
@@ -132,17 +166,19 @@ def write_ids(path, fmt: str, pages: Iterable[tuple[Sequence[str], np.ndarray]],
                     writer = pq.ParquetWriter(path, table.schema)
                 writer.write_table(table)
                 n += len(keys)
+            if writer is None:  # no items: an empty table
+                pq.write_table(pa.table({"key": pa.array([], pa.string()),
+                                         "id": pa.array([], pa.string())}), path)
         finally:
             if writer is not None:
                 writer.close()
-    elif fmt == "npz":
+    else:  # npz
         parts = list(pages)
         keys = [k for ks, _ in parts for k in ks]
         ids = np.concatenate([i for _, i in parts]) if parts else np.zeros((0, 0), np.int64)
-        np.savez(path, keys=np.asarray(keys, dtype=str), ids=ids)
+        with open(path, "wb") as f:  # a file object: np.savez adds no extension
+            np.savez(f, keys=np.asarray(keys, dtype=str), ids=ids)
         n = len(keys)
-    else:
-        raise ConfigError(f"item IDs export as {', '.join(FORMATS)}, not {fmt!r}")
     return n
 
 
@@ -151,8 +187,16 @@ def write_next_codes(path, fmt: str, ids: np.ndarray) -> int:
 
     jsonl: ``{"depth": d, "prefix": [...], "next": [...]}`` per line; parquet: the same three
     columns; npz: per depth d, ``prefixes_d`` (M, d), ``offsets_d`` (M + 1,) and ``next_d``
-    (the next codes of prefix m are ``next_d[offsets_d[m]:offsets_d[m + 1]]``).
+    (the next codes of prefix m are ``next_d[offsets_d[m]:offsets_d[m + 1]]``). The file
+    appears only complete (see :func:`replaced`).
     """
+    if fmt not in ("jsonl", "parquet", "npz"):
+        raise ConfigError(f"the next-code table exports as jsonl, parquet or npz, not {fmt!r}")
+    with replaced(path) as tmp:
+        return _write_next_codes(tmp, fmt, ids)
+
+
+def _write_next_codes(path: str, fmt: str, ids: np.ndarray) -> int:
     table = list(next_code_table(ids))
     if fmt == "jsonl":
         with open(path, "w", encoding="utf-8") as f:
@@ -165,7 +209,7 @@ def write_next_codes(path, fmt: str, ids: np.ndarray) -> int:
             "depth": pa.array([len(p) for p, _ in table], pa.int32()),
             "prefix": pa.array([list(p) for p, _ in table], pa.list_(pa.int64())),
             "next": pa.array([n.tolist() for _, n in table], pa.list_(pa.int64()))}), path)
-    elif fmt == "npz":
+    else:  # npz
         arrays = {}
         for depth in range(ids.shape[1]):
             rows = [(p, n) for p, n in table if len(p) == depth]
@@ -174,9 +218,8 @@ def write_next_codes(path, fmt: str, ids: np.ndarray) -> int:
             arrays[f"offsets_{depth}"] = np.cumsum([0] + [len(n) for _, n in rows])
             arrays[f"next_{depth}"] = np.concatenate([n for _, n in rows]) if rows else \
                 np.zeros(0, np.int64)
-        np.savez(path, **arrays)
-    else:
-        raise ConfigError(f"the next-code table exports as jsonl, parquet or npz, not {fmt!r}")
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
     return len(table)
 
 
@@ -184,18 +227,24 @@ def write_grid(path, pages: Iterable[tuple[Sequence[str], np.ndarray]], n: int,
                n_levels: int) -> Path:
     """GRID's layout: ``path`` (.npy) holds the (L + 1, N) int64 array, column j the codes and
     suffix of item j; the item keys go, one per line in column order, to ``<path>.keys.txt``.
-    Written page by page into a memory-mapped file (``n`` items, as counted beforehand).
-    Returns the keys file's path."""
-    path = Path(path)
-    keys_path = path.with_name(path.name + ".keys.txt")
+    Written page by page into a memory-mapped file (``n`` items, as counted beforehand); both
+    files appear only complete (see :func:`replaced`). Returns the keys file's path."""
+    keys_path = Path(path).with_name(Path(path).name + ".keys.txt")
+    with replaced(path) as tmp, replaced(keys_path) as keys_tmp:
+        _write_grid(tmp, keys_tmp, pages, n, n_levels)
+    return keys_path
+
+
+def _write_grid(path: str, keys_path: str, pages: Iterable[tuple[Sequence[str], np.ndarray]],
+                n: int, n_levels: int) -> None:
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.int64, shape=(n_levels + 1, n))
     j = 0
     with open(keys_path, "w", encoding="utf-8") as f:
         for keys, ids in pages:
             bad = next((k for k in keys if "\n" in k or "\r" in k), None)
             if bad is not None:
-                raise ConfigError(f"item key {bad!r} has a line break and cannot go into "
-                                  f"{keys_path.name}: export ids as .npz instead")
+                raise ConfigError(f"item key {bad!r} has a line break and cannot go into a "
+                                  "keys file: export ids as .npz instead")
             if j + len(keys) > n:
                 raise ConfigError("the index grew while it was exported; export again")
             out[:, j:j + len(keys)] = ids.T
@@ -205,4 +254,3 @@ def write_grid(path, pages: Iterable[tuple[Sequence[str], np.ndarray]], n: int,
     del out
     if j != n:
         raise ConfigError(f"the index changed while it was exported ({j} items, not {n})")
-    return keys_path

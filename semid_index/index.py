@@ -3,25 +3,32 @@
 Life cycle and writes live here; the torch-free queries (``lookup``, ``items_with_prefix``,
 ``count``, ``similar``, ``stats``...) in :mod:`semid_index._index_reads`. ``fit``, ``add`` and
 ``encode`` import :mod:`semid_index.quantize` on first use.
+
+Every write is one transaction that first reads the index's record again under the index's
+write lock (a handle never acts on what it remembers), then runs probe -> decide -> write:
+the store probes, a pure function (:mod:`semid_index._assign`) decides, the store writes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from sqlalchemy.engine import Connection
 
 from . import _inputs
-from ._index_reads import IndexReads, _raise_unknown
-from .errors import (ConfigError, DimensionMismatchError, EmptyInputError, IndexNotFoundError,
-                     ItemConflictError, NonFiniteError, NotFittedError)
+from ._assign import ON_CONFLICT, plan_add
+from ._index_reads import IndexReads, _not_fitted, _raise_unknown
+from .errors import (ConfigError, DimensionMismatchError, EmptyInputError, InvalidCodesError,
+                     NotFittedError)
 from .ids import SemanticId
+from .storage import IndexRecord, Store
 from .storage import _migrate
-from .storage._codes import code_width, group_suffixes, pack_codes
-from .storage._store import IndexRecord, Store
+from .storage._engine import missing_sqlite_file
 
 if TYPE_CHECKING:
     from .quantize import ResidualKMeans
@@ -31,12 +38,6 @@ log = logging.getLogger("semid_index")
 __all__ = ["SemanticIdIndex"]
 
 ENCODE_BLOCK = 65_536  # rows encoded (and fingerprinted) per block
-ADD_CHUNK = 10_000  # keys checked / inserted per statement group inside one add transaction
-ON_CONFLICT = ("error", "keep", "reassign")
-MODEL_OPTIONS = ("normalize_residuals", "train_layer_wise", "batch_size", "max_epochs",
-                 "max_steps", "tol", "max_no_improvement", "init_size", "n_init_trials",
-                 "reassign_empty", "n_polish", "polish_tol", "train_size", "check_input", "seed",
-                 "device", "mode")
 
 
 class SemanticIdIndex(IndexReads):
@@ -54,7 +55,9 @@ class SemanticIdIndex(IndexReads):
       :meth:`similar` answer from indexed range scans (no torch needed).
 
     An ID is ``L`` level codes plus a suffix that tells apart items with equal codes:
-    ``12-201-7-0`` (see :class:`SemanticId`).
+    ``12-201-7-0`` (see :class:`SemanticId`). Reads and writes always act on the index as the
+    database has it: a refit by another process is followed, and an index dropped (or created
+    anew under the same name) is refused with :class:`~semid_index.errors.IndexReplacedError`.
 
     Example
     -------
@@ -83,56 +86,57 @@ class SemanticIdIndex(IndexReads):
     def create(cls, db, name: str = "default", *, n_levels: int = 3,
                codebook_size: int | Sequence[int] = 256, exist_ok: bool = False,
                busy_timeout: float | None = None, **options) -> "SemanticIdIndex":
-        """Create an empty index (and the schema, if the database has none yet).
+        """Create an empty index (and the database and schema, if there are none yet).
 
-        db : URL string, ``sqlalchemy.URL`` or ``Engine``. name : index name (unique per database).
-        n_levels, codebook_size : the hierarchy (codebook_size: one int or one per level).
-        options : :class:`~semid_index.quantize.ResidualKMeans` options used by :meth:`fit`
-            (``seed``, ``normalize_residuals``, ``batch_size``, ``train_size``, ``device``...).
-        exist_ok : return the existing index of that name instead of raising
-            :class:`IndexExistsError` (its levels and sizes must match).
+        db : URL string, ``sqlalchemy.URL`` or ``Engine``. name : index name (unique per
+        database; 1..200 printable characters). n_levels, codebook_size : the hierarchy
+        (codebook_size: one int or one per level). options : :class:`~semid_index.quantize.
+        ResidualKMeans` options used by :meth:`fit` (``seed``, ``normalize_residuals``,
+        ``batch_size``, ``train_size``, ``device``...), checked here. exist_ok : return the
+        existing index of that name instead of raising :class:`IndexExistsError` (its codebook
+        sizes must match). busy_timeout : seconds a write waits for another writer's lock
+        (default 60) before :class:`~semid_index.errors.LockTimeoutError`.
         """
-        sizes = _check_hierarchy(n_levels, codebook_size)
-        bad = sorted(set(options) - set(MODEL_OPTIONS))
-        if bad:
-            raise ConfigError(f"unknown index option(s) {bad}; known: {', '.join(MODEL_OPTIONS)}")
-        _check_name(name)
-        store = Store(db, busy_timeout=busy_timeout)
-        with _closed_on_error(store), store.write() as conn:
+        sizes = _inputs.hierarchy(n_levels, codebook_size)
+        _inputs.model_options(options)
+        _inputs.index_name(name)
+        store = Store(db, busy_timeout=_timeout(busy_timeout), creating=True)
+        with _closed_on_error(store), store.write(f"create index {name!r}") as conn:
             _migrate.upgrade(conn, store.url)
-            if exist_ok and name in store.index_names(conn):
-                record = store.get_index(conn, name)
+            if exist_ok and name in store.catalog.names(conn):
+                record = store.catalog.get(conn, name)
                 if record.codebook_sizes != tuple(sizes):
                     raise ConfigError(
                         f"index {name!r} exists with codebook sizes "
                         f"{list(record.codebook_sizes)}, not {sizes}")
             else:
-                store.create_index(conn, name, n_levels=len(sizes), codebook_sizes=sizes,
-                                   code_width=code_width(sizes), options=options)
-                record = store.get_index(conn, name)
+                record = store.catalog.create(conn, name, sizes, options)
         return cls(store, record)
 
     @classmethod
     def open(cls, db, name: str = "default", *, upgrade: bool = True,
              busy_timeout: float | None = None) -> "SemanticIdIndex":
         """Open an existing index. ``upgrade`` applies pending schema revisions (one
-        transaction); with ``upgrade=False`` an older schema raises :class:`SchemaError`."""
-        store = Store(db, busy_timeout=busy_timeout)
+        transaction); with ``upgrade=False`` an older schema raises :class:`SchemaError`.
+        Opening never creates or converts a database, and a read-only database serves reads."""
+        _inputs.index_name(name)
+        store = Store(db, busy_timeout=_timeout(busy_timeout))
         with _closed_on_error(store):
-            with store.read() as conn:
+            with store.read(f"open index {name!r}") as conn:
                 rev = _migrate.current_revision(conn)
-                if rev != _migrate.head_revision() and not (upgrade and rev is not None):
-                    store.check_schema(conn)
+                if rev != _migrate.head_revision() and not (upgrade and rev is not None
+                                                            and not store.read_only):
+                    _migrate.check_schema(conn, store.url)
             if rev != _migrate.head_revision():
                 store.upgrade_schema()
-            with store.read() as conn:
-                record = store.get_index(conn, name)
+            with store.read(f"open index {name!r}") as conn:
+                record = store.catalog.get(conn, name)
         return cls(store, record)
 
     @staticmethod
     def migrate(db) -> tuple[str | None, str]:
         """Bring a database's schema to this library's revision; (before, after)."""
-        store = Store(db)
+        store = Store(db, creating=True)
         try:
             return store.upgrade_schema()
         finally:
@@ -140,25 +144,29 @@ class SemanticIdIndex(IndexReads):
 
     @staticmethod
     def list_indexes(db) -> list[str]:
-        """Names of the indexes in a database (empty when it has no schema yet)."""
+        """Names of the indexes in a database (empty when it has no schema yet, or is a SQLite
+        file that does not exist: none is created)."""
+        if missing_sqlite_file(db):
+            return []
         store = Store(db)
         try:
-            with store.read() as conn:
+            with store.read("list indexes") as conn:
                 if _migrate.current_revision(conn) is None:
                     return []
-                store.check_schema(conn)
-                return store.index_names(conn)
+                _migrate.check_schema(conn, store.url)
+                return store.catalog.names(conn)
         finally:
             store.close()
 
     @staticmethod
     def drop(db, name: str) -> None:
         """Delete an index with all its versions and items (one transaction)."""
+        _inputs.index_name(name)
         store = Store(db)
         try:
-            with store.write() as conn:
-                store.check_schema(conn)
-                store.drop_index(conn, store.get_index(conn, name, lock=True).id)
+            with store.write(f"drop index {name!r}") as conn:
+                _migrate.check_schema(conn, store.url)
+                store.catalog.drop(conn, store.catalog.get(conn, name, lock=True))
         finally:
             store.close()
 
@@ -207,36 +215,20 @@ class SemanticIdIndex(IndexReads):
     @property
     def model(self) -> "ResidualKMeans":
         """The active version's frozen quantizer (imports torch)."""
-        return self._model_for(self._require_version(None))
+        with self._store.read(self._op("load the model"), snapshot=True) as conn:
+            rec = self._reread(conn)
+            return self._model_in(conn, rec, self._version(conn, rec, None))
 
-    def _refresh(self) -> IndexRecord:
-        with self._store.read() as conn:
-            self._record = self._store.get_index(conn, self._record.name)
-        return self._record
-
-    def _require_version(self, version: int | None) -> int:
-        rec = self._refresh()
-        if version is None:
-            if rec.active_version is None:
-                raise _not_fitted(rec)
-            return rec.active_version
-        with self._store.read() as conn:
-            known = [v.version for v in self._store.list_versions(conn, rec)]
-        if version not in known:
-            raise IndexNotFoundError(
-                f"index {rec.name!r} has no version {version}; versions: {known or 'none'}")
-        return version
-
-    def _model_for(self, version: int) -> "ResidualKMeans":
+    def _model_in(self, conn: Connection, rec: IndexRecord, version: int) -> "ResidualKMeans":
+        """The frozen quantizer of ``version``, its codebooks read (and checked) in ``conn``."""
         if self._model_cache is None or self._model_cache[0] != version:
             from .quantize import ResidualKMeans
 
-            with self._store.read() as conn:
-                books, header = self._store.load_codebooks(conn, self._record.id, version)
+            books, header = self._store.catalog.codebooks(conn, rec, version)
             model = ResidualKMeans.from_codebooks(
                 books, normalize_residuals=header["normalize_residuals"],
                 residual_scales=header.get("residual_scales"),
-                device=self._record.options.get("device", "cpu"))
+                device=rec.options.get("device", "cpu"))
             self._model_cache = (version, model)
         return self._model_cache[1]
 
@@ -253,47 +245,37 @@ class SemanticIdIndex(IndexReads):
         One transaction: on any error the database is exactly as before. Items colliding on all
         L codes get suffixes 0, 1, ... in input order. Earlier versions stay readable.
         """
+        from .quantize import ResidualKMeans, validated
+
         keys = _inputs.item_keys(keys)
-        x = _inputs.embedding_matrix(embeddings, len(keys))
+        x = _inputs.embeddings(embeddings, len(keys), keys=keys)
         rec = self._refresh()
         if model is None:
-            from .quantize import ResidualKMeans
-
             model = ResidualKMeans(rec.n_levels, list(rec.codebook_sizes), **rec.options,
                                    verbose=bool(progress))
-            try:
-                model.fit(x)
-            except NonFiniteError as e:
-                if e.row is None:
-                    raise
-                raise NonFiniteError(
-                    f"embedding of item {keys[e.row]!r} (row {e.row}) has a non-finite value "
-                    f"(NaN/inf) in column {e.column}", row=e.row, column=e.column) from None
+            model.fit(validated(x))
         else:
             self._check_model(model, x.shape[1])
-        codes, fps = self._encode_rows(model, x, keys, progress)
-        packed = pack_codes(codes, rec.code_width)
-        suffixes = group_suffixes(packed)
-        version = self._write_version(model, keys, packed, suffixes, fps, progress)
-        log.info("index %r: version %d active with %d items (%d share all codes with another)",
-                 rec.name, version, len(keys), int((suffixes > 0).sum()))
+        codes, fps = self._encode(model, x, progress)
+        version = self._store_version(model, keys, codes, fps, progress)
+        log.info("index %r: version %d active with %d items", self.name, version, len(keys))
         return self
 
-    def _write_version(self, model, keys: Sequence[str], packed: Sequence[bytes],
-                       suffixes: np.ndarray, fps: np.ndarray, progress: bool | None) -> int:
-        """One transaction: ``model``'s codebooks as a new version holding these items, made
-        active. Returns the version number."""
+    def _store_version(self, model: "ResidualKMeans", keys: Sequence[str], codes: np.ndarray,
+                       fps: np.ndarray, progress: bool | None) -> int:
+        """One transaction: ``model``'s codebooks as a new version holding these items (codes
+        (N, L), fingerprints (N,)), made active. Returns the version number."""
         header = {"dim": int(model.n_features_in_), "codebook_sizes": list(self.codebook_sizes),
                   "normalize_residuals": bool(model.normalize_residuals),
                   "residual_scales": [float(s) for s in model.residual_scales_]}
-        books = model.get_codebooks()
-        with self._store.write() as conn, _bar(len(keys), "storing", progress) as bar:
-            rec = self._store.get_index(conn, self.name, lock=True)
-            version = self._store.add_version(conn, rec.id, books, header, len(keys))
-            self._store.insert_items(conn, rec.id, version, keys, packed, suffixes, fps,
-                                     progress=bar.update)
-            self._store.activate(conn, rec.id, version, header["dim"])
-            self._store.analyze(conn)
+        with self._store.write(self._op("fit")) as conn, _bar(len(keys), "storing",
+                                                              progress) as bar:
+            rec = self._reread(conn, lock=True)
+            version = self._store.catalog.add_version(conn, rec, model.get_codebooks(), header,
+                                                      len(keys))
+            self._store.writes.load(conn, rec.space(version), keys, codes, fps, bar.update)
+            self._store.catalog.activate(conn, rec, version)
+            self._store.catalog.analyze(conn)
         self._model_cache = (version, model)
         self._refresh()
         return version
@@ -311,128 +293,102 @@ class SemanticIdIndex(IndexReads):
 
         One transaction: IDs already issued never change; if anything fails (bad row, conflict)
         nothing is written. Safe with concurrent writers: suffixes are allocated under the
-        index's write lock, and the unique constraint on IDs backs it up.
+        index's write lock, and the unique constraint on IDs backs it up. If another process
+        activated a refit meanwhile, the items are encoded with it.
         """
         if on_conflict not in ON_CONFLICT:
             raise ConfigError(f"on_conflict must be one of {ON_CONFLICT}, got {on_conflict!r}")
         keys = _inputs.item_keys(keys)
-        rec = self._record  # the write transaction re-reads it under the lock
-        if rec.active_version is None:
-            self._require_version(None)  # refreshes; raises if never fitted
-            rec = self._record
-        x = _inputs.embedding_matrix(embeddings, len(keys))
-        if x.shape[1] != rec.dim:
-            rec = self._refresh()  # another process may have activated a refit
-            _inputs.check_dim(x, rec.dim)
-        version = rec.active_version
-        model = self._model_for(version)
-        codes, fps = self._encode_rows(model, x, keys, progress)
-        packed = pack_codes(codes, rec.code_width)
-        out_codes: list[bytes] = list(packed)
-        out_suffix = np.zeros(len(keys), dtype=np.int64)
-        with self._store.write() as conn, _bar(len(keys), "storing", progress) as bar:
-            rec = self._store.get_index(conn, rec.name, lock=True)
+        x = _inputs.embeddings(embeddings, len(keys), keys=keys)
+        rec = self._record  # encoded with the version last seen; checked again under the lock
+        cache = self._model_cache
+        if cache is None or cache[0] != rec.active_version or x.shape[1] != rec.dim:
+            with self._store.read(self._op("load the model"), snapshot=True) as conn:
+                rec = self._reread(conn)
+                version = self._version(conn, rec, None)
+                _check_dim(x, rec.dim)
+                cache = version, self._model_in(conn, rec, version)
+        version, model = cache
+        codes, fps = self._encode(model, x, progress)
+        with self._store.write(self._op("add items")) as conn, _bar(len(keys), "storing",
+                                                                    progress) as bar:
+            rec = self._reread(conn, lock=True)
             if rec.active_version != version:  # a refit was activated meanwhile: use it
-                version = rec.active_version
-                model = self._model_for(version)
-                codes, _ = self._encode_rows(model, x, keys, False)
-                packed = pack_codes(codes, rec.code_width)
-                out_codes = list(packed)
-            for a in range(0, len(keys), ADD_CHUNK):
-                b = min(a + ADD_CHUNK, len(keys))
-                self._add_chunk(conn, rec, version, keys, packed, fps, a, b, on_conflict,
-                                out_codes, out_suffix)
-                bar.update(b - a)
-        decode = self._store.decoder(rec.n_levels, rec.code_width)
-        return [SemanticId._trusted(decode(c), int(s)) for c, s in zip(out_codes, out_suffix)]
-
-    def _add_chunk(self, conn, rec: IndexRecord, version: int, keys, packed, fps, a: int, b: int,
-                   on_conflict: str, out_codes: list, out_suffix: np.ndarray) -> None:
-        store = self._store
-        suffixes, there = store.add_items(conn, rec.id, version, keys[a:b], packed[a:b],
-                                          fps[a:b])
-        out_suffix[a:b] = suffixes
-        new, retire, refresh = [], {}, []
-        where = {k: i for i, k in enumerate(keys[a:b], a) if k in there} if there else {}
-        for k, i in where.items():  # keys the version already held, in input order
-            hit = there[k]
-            fp = int(fps[i])
-            code, suffix, stored_fp = hit
-            if stored_fp == fp or on_conflict == "keep" or (
-                    on_conflict == "reassign" and code == packed[i]):
-                out_codes[i], out_suffix[i] = code, suffix  # the same again, or kept
-                if stored_fp != fp and on_conflict == "reassign":
-                    refresh.append((k, fp))
-            elif on_conflict == "error":
-                decode = store.decoder(rec.n_levels, rec.code_width)
-                raise ItemConflictError(
-                    f"item {k!r} is already indexed as "
-                    f"{SemanticId._trusted(decode(code), suffix)} with a different embedding; "
-                    "pass on_conflict='reassign' to give it a new ID (or 'keep'), or remove "
-                    "it first")
-            else:  # reassign to other codes: retire the old ID
-                retire[k] = hit
-                new.append(i)
-        store.update_fingerprints(conn, rec.id, version, refresh)
-        if new:
-            store.retire_items(conn, rec.id, version, retire)  # their IDs stay taken
-            idx = np.asarray(new)
-            out_suffix[idx] = store.assign_items(conn, rec.id, version, [keys[i] for i in new],
-                                                 [packed[i] for i in new], fps[idx])
+                version = self._version(conn, rec, None)
+                _check_dim(x, rec.dim)
+                codes, _ = self._encode(self._model_in(conn, rec, version), x, False, fps=False)
+            space = rec.space(version)
+            found = self._store.reads.find(conn, space, keys)
+            plan = plan_add(keys, codes, fps, found, on_conflict)
+            bar.update(len(plan.kept))
+            self._store.writes.retire(conn, space, plan.retire)
+            self._store.writes.set_fingerprints(conn, space, plan.refresh)
+            suffixes = self._store.writes.insert_new(
+                conn, space, [keys[i] for i in plan.new.tolist()], codes[plan.new],
+                fps[plan.new], bar.update)
+        return [SemanticId._trusted(levels, suffix) for levels, suffix in plan.ids(codes, suffixes)]
 
     def remove(self, keys, *, missing: str = "raise") -> int:
         """Remove items from the active version; their IDs are retired, never issued again.
 
         missing : ``"raise"`` (default: :class:`UnknownItemError` naming the unknown keys, and
-        nothing is removed) or ``"ignore"``. Returns the number of items removed.
+        nothing is removed) or ``"skip"``. Returns the number of items removed.
         """
-        if missing not in ("raise", "ignore"):
-            raise ConfigError(f"missing must be 'raise' or 'ignore', got {missing!r}")
-        keys = _inputs.item_keys(keys, allow_duplicates=True)
-        keys = list(dict.fromkeys(keys))
-        with self._store.write() as conn:
-            rec = self._store.get_index(conn, self._record.name, lock=True)
-            if rec.active_version is None:
-                raise _not_fitted(rec)
-            found = self._store.existing_items(conn, rec.id, rec.active_version, keys)
+        missing = _inputs.missing_policy(missing)
+        keys = list(dict.fromkeys(_inputs.item_keys(keys, allow_duplicates=True)))
+        with self._store.write(self._op("remove items")) as conn:
+            rec = self._reread(conn, lock=True)
+            space = rec.space(self._version(conn, rec, None))
+            found = self._store.reads.find(conn, space, keys)
             if missing == "raise" and len(found) != len(keys):
                 _raise_unknown([k for k in keys if k not in found], rec.name)
-            self._store.retire_items(conn, rec.id, rec.active_version, found)
+            self._store.writes.retire(conn, space, {k: (f.levels, f.suffix)
+                                                    for k, f in found.items()})
         return len(found)
 
     def activate(self, version: int) -> None:
-        """Make an earlier (or later) codebook version the active one (atomically)."""
-        version = self._require_version(version)
-        with self._store.write() as conn:
-            rec = self._store.get_index(conn, self._record.name, lock=True)
-            header = {v.version: v.header for v in self._store.list_versions(conn, rec)}
-            self._store.activate(conn, rec.id, version, header[version]["dim"])
+        """Make an earlier (or later) codebook version the active one (atomically); its
+        codebooks are checked first."""
+        version = _inputs.positive_int("version", version)
+        with self._store.write(self._op("activate a version")) as conn:
+            rec = self._reread(conn, lock=True)
+            self._store.catalog.codebooks(conn, rec, version)  # exists, and is intact
+            self._store.catalog.activate(conn, rec, version)
         self._refresh()
 
-    # ================================================================== encoding
+    # ================================================================== encoding and quality
+    def encode(self, embeddings, *, version: int | None = None) -> np.ndarray:
+        """Codes (N, L) int64 of embeddings (N, D) under a version's codebooks; stores nothing."""
+        version = _inputs.version_number(version)
+        with self._store.read(self._op("load the model"), snapshot=True) as conn:
+            rec = self._reread(conn)
+            model = self._model_in(conn, rec, self._version(conn, rec, version))
+        x = _inputs.embeddings(embeddings, None, model.n_features_in_)
+        return self._encode(model, x, False, fps=False)[0]
+
     def code_report(self, embeddings=None, *, version: int | None = None) -> dict:
         """The quality report of a version's stored IDs (default: the active version):
         :func:`~semid_index.quantize.code_statistics` of its codes (per-level usage, dead codes,
-        entropy, perplexity, unique share per depth, collisions, largest group) plus
-        ``relative_error``, the reconstruction error of ``embeddings`` (N, D) under that
-        version's codebooks (None without embeddings). Reads every ID: 8 (L + 1) bytes each."""
-        from .quantize import code_statistics
+        entropy, perplexity, unique share per depth, ``n_collided``, ``collided_share``, largest
+        group) plus ``relative_error``, the reconstruction error of ``embeddings`` (N, D) under
+        that version's codebooks (None without embeddings; only then is torch imported).
+        Reads every ID: 8 (L + 1) bytes each."""
+        from ._code_stats import code_statistics
 
-        version = self._require_version(version)
         _, ids = self.id_arrays(version=version)
+        at = self._record.active_version if version is None else version
         if len(ids) == 0:
-            raise EmptyInputError(f"version {version} of index {self.name!r} has no items")
+            raise EmptyInputError(f"version {at} of index {self.name!r} has no items")
         report = code_statistics(ids[:, :-1], self._record.codebook_sizes)
-        report["relative_error"] = None if embeddings is None else \
-            self._model_for(version).quality(embeddings).relative_error
-        return report
+        report["relative_error"] = None
+        if embeddings is not None:
+            from .quantize import validated
 
-    def encode(self, embeddings, *, version: int | None = None) -> np.ndarray:
-        """Codes (N, L) int64 of embeddings (N, D) under a version's codebooks; stores nothing."""
-        version = self._require_version(version)
-        model = self._model_for(version)
-        x = _inputs.embedding_matrix(embeddings, None, model.n_features_in_)
-        return self._encode_rows(model, x, None, False)[0]
+            with self._store.read(self._op("load the model"), snapshot=True) as conn:
+                model = self._model_in(conn, self._reread(conn), at)
+            x = _inputs.embeddings(embeddings, None, model.n_features_in_)
+            report["relative_error"] = model.quality(validated(x)).relative_error
+        return report
 
     def _check_model(self, model, dim: int) -> None:
         if getattr(model, "codebooks_", None) is None:
@@ -446,46 +402,43 @@ class SemanticIdIndex(IndexReads):
                 f"embeddings have dim={dim} but the model was trained with "
                 f"dim={model.n_features_in_}")
 
-    def _encode_rows(self, model, x: np.ndarray, keys: Sequence[str] | None,
-                     progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
-        """(codes (N, L) int64, fingerprints (N,) int64); NaN/inf raise naming the item."""
+    def _encode(self, model, x: np.ndarray, progress: bool | None,
+                fps: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(codes (N, L) int64, fingerprints (N,) int64) of validated embeddings x (N, D)."""
         from ._fingerprint import fingerprints
-        from .quantize._data import tensor_view
+        from .quantize import validated
 
         n = x.shape[0]
         codes = np.empty((n, model.n_levels), dtype=np.int64)
-        fps = np.empty(n, dtype=np.int64)
+        prints = np.zeros(n, dtype=np.int64)
         with _bar(n, "encoding", progress) as bar:
             for a in range(0, n, ENCODE_BLOCK):
                 blk = np.ascontiguousarray(x[a:a + ENCODE_BLOCK], dtype=np.float32)
-                _inputs.check_finite(blk, a, keys)
-                codes[a:a + len(blk)] = model.encode(tensor_view(blk)).numpy()
-                fps[a:a + len(blk)] = fingerprints(blk)
+                codes[a:a + len(blk)] = model.encode(validated(blk)).numpy()
+                if fps:
+                    prints[a:a + len(blk)] = fingerprints(blk)
                 bar.update(len(blk))
-        return codes, fps
+        sizes = np.asarray(self._record.codebook_sizes)
+        if n and (codes.max(axis=0) >= sizes).any():  # a model that is not this index's
+            raise InvalidCodesError(f"the model produced codes up to {codes.max(axis=0)} for "
+                                    f"codebook sizes {list(sizes)}")
+        return codes, prints
 
 
 # ====================================================================== helpers
-def _check_hierarchy(n_levels, codebook_size) -> list[int]:
-    if isinstance(n_levels, bool) or not isinstance(n_levels, int) or n_levels < 1:
-        raise ConfigError(f"n_levels must be a positive int, got {n_levels!r}")
-    sizes = [codebook_size] * n_levels if isinstance(codebook_size, int) else list(codebook_size)
-    if len(sizes) != n_levels:
-        raise ConfigError(f"codebook_size has {len(sizes)} entries for {n_levels} levels")
-    for s in sizes:
-        if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 1 << 32:
-            raise ConfigError(f"codebook sizes must be ints in 1..2**32, got {sizes}")
-    return sizes
+def _check_dim(x: np.ndarray, dim: int | None) -> None:
+    if dim is not None and x.shape[1] != dim:
+        raise DimensionMismatchError(
+            f"embeddings have dim={x.shape[1]} but the index was trained with dim={dim}")
 
 
-def _not_fitted(rec: IndexRecord) -> NotFittedError:
-    return NotFittedError(f"index {rec.name!r} has no codebooks yet: call fit() first")
-
-
-def _check_name(name) -> None:
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise ConfigError(f"index name must be a non-empty str of at most 200 characters, "
-                          f"got {name!r}")
+def _timeout(seconds) -> float | None:
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or \
+            not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"busy_timeout must be a positive number of seconds, got {seconds!r}")
+    return float(seconds)
 
 
 @contextlib.contextmanager
@@ -517,4 +470,3 @@ def _bar(total: int, desc: str, progress: bool | None):
 
     return tqdm(total=total, desc=desc, unit="items", disable=None if progress is None else False,
                 leave=False)
-

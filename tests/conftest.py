@@ -108,3 +108,34 @@ def dump_tables(url: str) -> dict:
 
 def _plain(v):
     return bytes(v) if isinstance(v, memoryview) else v
+
+
+# ---------------------------------------------------------------------------- the command
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def semid(*args, db=None, cwd=None, check=True, env=None):
+    """Run ``python -m semid_index ARGS`` (str or bytes arguments) in a subprocess; (exit
+    status, stdout, stderr)."""
+    import subprocess
+    import sys
+
+    run_env = dict(os.environ, PYTHONPATH=ROOT, COLUMNS="200", **(env or {}))
+    if db is not None:
+        run_env["SEMID_DB"] = db
+    argv = [a if isinstance(a, bytes) else str(a) for a in args]
+    p = subprocess.run([sys.executable, "-m", "semid_index", *argv], env=run_env,
+                       capture_output=True, text=True, errors="replace", cwd=cwd, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"semid {' '.join(map(str, args))} failed ({p.returncode}):\n"
+                             f"{p.stderr}")
+    return p.returncode, p.stdout, p.stderr
+
+
+def assert_one_line_error(code: int, err: str, message: str = "") -> None:
+    """The command failed the way the CLI promises: exit 1, one line on stderr, no traceback."""
+    lines = err.strip().splitlines()
+    assert code == 1, err
+    assert len(lines) == 1 and lines[0].startswith("semid: error: "), err
+    assert "Traceback" not in err
+    assert message in lines[0], (message, lines[0])

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
 from semid_index import SemanticIdIndex
-from semid_index import index as index_module
-from semid_index.errors import ItemConflictError, NonFiniteError
+from semid_index.storage import _item_writes
+from semid_index.errors import ItemConflictError, NonFiniteError, StoreError
 
 from conftest import dump_tables, gaussian_mixture
 
@@ -53,7 +53,7 @@ def test_bulk_fit_failing_in_a_late_row_leaves_the_database_as_it_was(small_inde
     idx, keys, x = small_index
     _poison(db_url, keys[38_000])  # row 38,000 of 40,000: the bulk load is far along
     state = dump_tables(db_url)
-    with pytest.raises(Exception, match=f"poisoned row {keys[38_000]}"):
+    with pytest.raises(StoreError, match=f"poisoned row {keys[38_000]}"):
         idx.fit(keys, x)
     assert dump_tables(db_url) == state
     assert idx.active_version == 1 and idx.count() == 5000
@@ -62,9 +62,9 @@ def test_bulk_fit_failing_in_a_late_row_leaves_the_database_as_it_was(small_inde
 def test_bulk_add_failing_in_a_late_batch_leaves_the_database_as_it_was(small_index, db_url,
                                                                        monkeypatch):
     idx, keys, x = small_index
-    monkeypatch.setattr(index_module, "ADD_CHUNK", 2000)  # several statement groups per add
+    monkeypatch.setattr(_item_writes, "BULK_BATCH", 2000)  # several statements per add
     state = dump_tables(db_url)
-    # a late key is already indexed with another embedding: found after 15 chunks were written
+    # a late key is already indexed with another embedding: the probe finds it before any write
     batch_keys = keys[5000:35_000] + [keys[10]]
     batch = np.concatenate([x[5000:35_000], x[10:11] + 100.0])
     with pytest.raises(ItemConflictError, match=f"'{keys[10]}'"):
@@ -73,7 +73,7 @@ def test_bulk_add_failing_in_a_late_batch_leaves_the_database_as_it_was(small_in
     # a database-level failure in a late row of one chunk
     _poison(db_url, keys[33_333])
     state = dump_tables(db_url)
-    with pytest.raises(Exception, match=f"poisoned row {keys[33_333]}"):
+    with pytest.raises(StoreError, match=f"poisoned row {keys[33_333]}"):
         idx.add(keys[5000:35_000], x[5000:35_000])
     assert dump_tables(db_url) == state
     # NaN in the last row: found while encoding, before anything is written

@@ -14,22 +14,9 @@ from semid_index import ConfigError, SemanticIdIndex
 from semid_index.cli import main as cli_main
 from semid_index.export import next_code_table
 
-from conftest import dump_tables, gaussian_mixture
+from conftest import dump_tables, gaussian_mixture, semid
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def semid(*args, db=None, cwd=None, check=True):
-    """Run ``python -m semid_index ARGS``; (exit status, stdout, stderr)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
-    if db is not None:
-        env["SEMID_DB"] = db
-    p = subprocess.run([sys.executable, "-m", "semid_index", *map(str, args)], env=env,
-                       capture_output=True, text=True, cwd=cwd, timeout=300)
-    if check and p.returncode != 0:
-        raise AssertionError(f"semid {' '.join(map(str, args))} failed ({p.returncode}):\n"
-                             f"{p.stderr}")
-    return p.returncode, p.stdout, p.stderr
 
 
 @pytest.fixture
@@ -57,7 +44,8 @@ def test_fit_add_lookup_similar_prefix_stats_through_the_command(db_url, files):
     db = db_url
     _, out, _ = semid("fit", tmp / "x.npy", "--keys", tmp / "keys.txt", "-L", "3", "-k", "8",
                       "--json", db=db)
-    assert json.loads(out)["items"] == 1200
+    fitted = json.loads(out)
+    assert fitted["n_items"] == 1200 and 0 < fitted["suffixed_share"] <= fitted["collided_share"]
     _, out, _ = semid("add", tmp / "new.npy", "--keys", tmp / "new.txt", "--json", db=db)
     added = json.loads(out)
     assert added["added"] == 300
@@ -81,11 +69,13 @@ def test_fit_add_lookup_similar_prefix_stats_through_the_command(db_url, files):
     assert len(json.loads(out)["items"]) == counted["items"]
     _, out, _ = semid("stats", "--embeddings", tmp / "x.npy", "--json", db=db)
     st = json.loads(out)
-    assert st["items"] == 1500 and len(st["levels"]) == 3
-    assert 0 < st["reconstruction_error"] < 1
+    assert st["n_items"] == 1500 and len(st["levels"]) == 3
+    assert 0 < st["relative_error"] < 1
+    assert st["n_collided"] == round(st["collided_share"] * 1500)
+    assert st["n_suffixed"] == round(st["suffixed_share"] * 1500) <= st["n_collided"]
     assert st["levels"][0]["used"] + st["levels"][0]["dead"] == 8
     _, out, _ = semid("stats", db=db)  # the human table
-    assert "perplexity" in out and "collision rate" in out
+    assert "perplexity" in out and "collided" in out and "suffixed" in out
     _, out, _ = semid("versions", "--json", db=db)
     assert [v["active"] for v in json.loads(out)] == [True]
 

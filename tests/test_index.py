@@ -1,5 +1,7 @@
 """SemanticIdIndex behaviour on a real SQLite file and a real PostgreSQL database."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -8,7 +10,7 @@ from semid_index.errors import (ConfigError, DimensionMismatchError, DuplicateKe
                                 EmptyInputError, IndexExistsError, IndexNotFoundError,
                                 InvalidCodesError, ItemConflictError, NonFiniteError,
                                 NotFittedError, StoreClosedError, TooFewItemsError,
-                                UnknownItemError)
+                                UnknownItemError, VersionNotFoundError)
 
 from conftest import dump_tables, gaussian_mixture
 
@@ -53,7 +55,11 @@ def test_fit_assigns_codes_and_collision_suffixes(index, data):
     st = index.stats()
     assert st.n_items == N and st.version == 1 and st.n_versions == 1
     assert st.n_distinct_codes == len({w[0] for w in want})
-    assert st.n_collided == sum(1 for w in want if w[1] > 0)
+    assert st.n_suffixed == sum(1 for w in want if w[1] > 0)
+    sizes = Counter(w[0] for w in want)
+    assert st.n_collided == sum(n for n in sizes.values() if n > 1)
+    assert st.largest_group == max(sizes.values())
+    assert st.collided_share == st.n_collided / N and st.suffixed_share == st.n_suffixed / N
     assert st.max_suffix == max(w[1] for w in want)
     assert st.prefixes_per_level[0] == len({w[0][:1] for w in want})
     assert st.dim == D and index.dim == D
@@ -186,12 +192,12 @@ def test_remove_retires_ids(index, data):
     assert index.remove([keys[0], keys[1]]) == 2
     with pytest.raises(UnknownItemError, match=keys[0]):
         index.lookup(keys[0])
-    assert index.lookup_many([keys[0], keys[2]], missing="none")[0] is None
+    assert index.lookup_many([keys[0], keys[2]], missing="skip")[0] is None
     state = dump_tables(index_url(index))
     with pytest.raises(UnknownItemError, match="nope"):
         index.remove([keys[3], "nope"])
     assert dump_tables(index_url(index)) == state  # nothing removed
-    assert index.remove(["nope"], missing="ignore") == 0
+    assert index.remove(["nope"], missing="skip") == 0
     back = index.add([keys[0]], x[:1])[0]  # same embedding, same codes: a new suffix
     assert back.levels == sid.levels and back.suffix != sid.suffix
     assert index.stats().n_retired == 2
@@ -215,7 +221,7 @@ def test_refit_writes_a_new_version_and_maps_ids(index, data):
     assert changes[keys[500]].new == index.lookup(keys[500])
     index.activate(1)
     assert index.lookup(keys[0]) == v1[keys[0]] and index.count() == N
-    with pytest.raises(IndexNotFoundError, match="no version 9"):
+    with pytest.raises(VersionNotFoundError, match="no version 9"):
         index.activate(9)
 
 
@@ -295,7 +301,7 @@ def test_fit_with_nan_names_the_item_and_writes_nothing(index, data, db_url):
 
 
 def test_unknown_options_and_hierarchy_are_rejected(db_url):
-    with pytest.raises(ConfigError, match="unknown index option"):
+    with pytest.raises(ConfigError, match="unknown option"):
         SemanticIdIndex.create(db_url, "x", learning_rate=1)
     with pytest.raises(ConfigError, match="3 entries for 2 levels"):
         SemanticIdIndex.create(db_url, "x", n_levels=2, codebook_size=[4, 4, 4])

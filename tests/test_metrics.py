@@ -21,9 +21,9 @@ def test_code_statistics_hand_checked():
     assert (l2.used, l2.dead) == (3, 0)
     # prefixes: depth 1 -> {0, 1, 3}; depth 2 -> {(0,1), (0,2), (1,0), (3,0)}
     assert st["unique_share"] == [3 / 5, 4 / 5]
-    assert st["unique_full_codes"] == 4
-    assert st["colliding_items"] == 2 and st["largest_group"] == 2
-    assert st["collision_rate"] == pytest.approx(0.4)
+    assert st["n_distinct_codes"] == 4
+    assert st["n_collided"] == 2 and st["largest_group"] == 2
+    assert st["collided_share"] == pytest.approx(0.4)
 
 
 def test_uniform_codes_have_full_entropy():
@@ -37,4 +37,4 @@ def test_huge_codebooks_fall_back_to_row_unique():
     # the mixed-radix key would overflow int64: the row-wise path must give the same answer
     codes = np.array([[5, 7, 9], [5, 7, 9], [5, 8, 9]])
     st = code_statistics(codes, [2 ** 30, 2 ** 30, 2 ** 30])
-    assert st["unique_full_codes"] == 2 and st["largest_group"] == 2
+    assert st["n_distinct_codes"] == 2 and st["largest_group"] == 2

@@ -61,17 +61,17 @@ def test_storage_never_imports_torch():
 
 @pytest.mark.parametrize("width,levels", [(2, 1), (2, 3), (2, 4), (2, 5), (4, 2), (4, 3)])
 def test_group_suffixes_count_equal_codes_in_input_order(width, levels):
-    """Against a plain counter, for keys of one, two and three 64-bit words."""
-    from semid_index.storage import group_suffixes, pack_codes
+    """Against a plain counter, for codes that fit one mixed-radix int64 and codes that need
+    the lexicographic path."""
+    from semid_index.storage._codes import group_suffixes
 
     rng = np.random.default_rng(width * 10 + levels)
     codes = rng.integers(0, 3, (2000, levels))  # few distinct codes: large groups
     codes[::7] = rng.integers(0, (1 << (8 * width)) - 1, (len(codes[::7]), levels))
-    keys = pack_codes(codes, width)
     seen = {}
     expected = []
-    for k in keys:
+    for k in map(tuple, codes.tolist()):
         expected.append(seen.get(k, 0))
         seen[k] = expected[-1] + 1
-    assert group_suffixes(keys).tolist() == expected
-    assert group_suffixes([]).tolist() == []
+    assert group_suffixes(codes).tolist() == expected
+    assert group_suffixes(np.zeros((0, levels), dtype=np.int64)).tolist() == []

@@ -1,8 +1,9 @@
 """The built wheel, installed into a fresh virtual environment, creates and fits an index.
 
-Proves the Alembic revisions ship inside the wheel (as ``semid_index._migrations``) and that
-nothing depends on the source checkout. Slow (about a minute: torch is installed into the new
-environment from the local wheel cache); CI runs it.
+Proves the Alembic revisions ship inside the wheel (as ``semid_index._migrations``), that the seed
+module's import name ``semantic_id_module`` ships too, and that nothing depends on the source
+checkout. Slow (about a minute: torch is installed into the new environment from the local wheel
+cache); CI runs it.
 """
 
 import subprocess
@@ -25,6 +26,45 @@ SCRIPT = textwrap.dedent("""
                                 codebook_size=4) as idx:
         idx.fit([f"k{i}" for i in range(400)], x)
         print(idx.lookup("k0"), idx.count())
+""")
+
+# The seed README's Quick Start, import line as written, run against the installed wheel.
+SEED_SCRIPT = textwrap.dedent("""
+    import importlib.util, numpy as np, torch
+    from semantic_id_module import ResidualQuantization, MiniBatchKMeans, SquaredEuclideanDistance, KMeansPlusPlusInitInitializer
+    import semantic_id_module, semid_index.compat
+    assert "site-packages" in semantic_id_module.__file__, semantic_id_module.__file__
+    assert ResidualQuantization is semid_index.compat.ResidualQuantization
+    # the alias ships only under its top-level name, not as a second copy inside semid_index
+    assert importlib.util.find_spec("semid_index._seed_module") is None
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(10, 8)) * 4
+    embeddings = torch.from_numpy(
+        (centers[rng.integers(0, 10, 4000)] + rng.normal(size=(4000, 8))).astype("float32"))
+
+    # Create model
+    model = ResidualQuantization(
+        n_layers=3,
+        quantization_layer=MiniBatchKMeans(
+            n_clusters=8, n_features=8,
+            distance_function=SquaredEuclideanDistance(),
+            initializer=KMeansPlusPlusInitInitializer(
+                n_clusters=8, distance_function=SquaredEuclideanDistance())),
+        normalize_residuals=True,
+        train_layer_wise=True)
+
+    # Train
+    model.train()
+    for epoch in range(8):
+        for start in range(0, len(embeddings), 1000):
+            model.training_step(embeddings[start:start + 1000])
+
+    # Inference
+    model.eval()
+    predictions = model.predict_step(embeddings)
+    print(tuple(predictions.shape), predictions.dtype)
+    print(int(predictions.min()), int(predictions.max()))
 """)
 
 
@@ -52,4 +92,11 @@ def test_wheel_installs_into_a_fresh_venv_and_creates_an_index(tmp_path):
     # the console script comes with the wheel and reads the index the library wrote
     out = run(venv / "bin" / "semid", "stats", "--db", f"sqlite:///{db}", "--index", "wheel",
               "--json", cwd=tmp_path)
-    assert '"items": 400' in out
+    assert '"n_items": 400' in out
+    # the seed module's import name comes with the wheel too: its README snippet runs as written
+    (tmp_path / "seed_readme.py").write_text(SEED_SCRIPT)
+    out = run(py, tmp_path / "seed_readme.py", cwd=tmp_path)
+    shape_line, range_line = out.strip().splitlines()
+    assert shape_line == "(4000, 3) torch.int64", out
+    lo, hi = map(int, range_line.split())
+    assert 0 <= lo <= hi <= 7, out

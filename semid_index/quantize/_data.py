@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from .._inputs import load_npy
 from ..errors import ConfigError, DimensionMismatchError, EmptyInputError, NonFiniteError
 
 DEFAULT_CHUNK_BYTES = 64 << 20  # rows read at once from a source; bounds streaming memory
@@ -86,10 +87,14 @@ def check_batch(t: torch.Tensor, dim: int | None, *, row_offset: int = 0, name: 
 
 
 class Source:
-    """Base class: a validated stream of (rows, D) float32 CPU tensors."""
+    """Base class: a validated stream of (rows, D) float32 CPU tensors.
 
-    dim: int
+    ``checked`` is True once every row is known to be finite (after a full pass, or from the
+    start for input validated by :func:`validated`); then no chunk is scanned again."""
+
+    dim: int | None
     n_rows: int | None
+    checked: bool = False
 
     def chunks(self, rows: int, generator: torch.Generator | None = None,
                copy: bool = True) -> Iterator[torch.Tensor]:
@@ -192,7 +197,8 @@ class ArraySource(Source):
             t = self.data[torch.from_numpy(idx)].detach().to("cpu", torch.float32)
         else:
             t = torch.from_numpy(np.asarray(self.data[idx], dtype=np.float32))
-        check_batch(t, None, name=self.name, row_ids=idx)
+        if not self.checked:
+            check_batch(t, None, name=self.name, row_ids=idx)
         return t.contiguous()
 
     def materialize(self):
@@ -258,7 +264,8 @@ class FileSource(ArraySource):
         finally:
             os.close(fd)
         t = torch.from_numpy(out)
-        check_batch(t, None, name=self.name, row_ids=idx)
+        if not self.checked:
+            check_batch(t, None, name=self.name, row_ids=idx)
         return t
 
 
@@ -343,10 +350,21 @@ class IterableSource(Source):
         return res[torch.randperm(filled, generator=generator)]  # any prefix is uniform too
 
 
+def validated(data: np.ndarray) -> Source:
+    """A source over a 2-d numeric array that the caller has already validated (finite, not
+    empty; :func:`semid_index._inputs.embeddings`): no row is scanned again."""
+    src = make_source(data)
+    src.checked = True
+    return src
+
+
 def make_source(data, name: str = "embeddings") -> Source:
-    """Wrap user input in the right :class:`Source`; raise a typed error for empty input."""
+    """Wrap user input in the right :class:`Source` (a Source is returned as it is); raise a
+    typed error for empty input."""
+    if isinstance(data, Source):
+        return data
     if isinstance(data, (str, os.PathLike)):
-        data = np.load(os.fspath(data), mmap_mode="r", allow_pickle=False)
+        data = load_npy(data)
     if isinstance(data, (torch.Tensor, np.ndarray)):
         src = FileSource(data, name) if FileSource.usable(data) else ArraySource(data, name)
         if src.n_rows == 0:
@@ -360,7 +378,12 @@ def make_source(data, name: str = "embeddings") -> Source:
     if isinstance(data, (list, tuple)):
         if len(data) == 0:
             raise EmptyInputError(f"{name} are empty: got an empty {type(data).__name__}")
-        return make_source(np.asarray(data, dtype=np.float32), name)
+        try:
+            rows = np.asarray(data, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise DimensionMismatchError(f"{name} must be a rectangular (N, D) array of numbers: "
+                                         f"{exc}") from None
+        return make_source(rows, name)
     if callable(data) or hasattr(data, "__iter__"):
         return IterableSource(data, name)
     raise ConfigError(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..errors import EmptyInputError, InvalidCodesError
+from ..errors import EmptyInputError, InvalidCodesError, ModelFileError
 from ._data import DEFAULT_CHUNK_BYTES, Source, check_batch, make_source
 from ._kernels import normalize_rows_
 from ._metrics import QualityReport, code_statistics
@@ -147,24 +147,36 @@ class CodesMixin:
 
     @classmethod
     def load(cls, path, *, device: str | torch.device = "cpu") -> "ResidualKMeans":
-        """Read a model written by :meth:`save` (never unpickles); checks shapes against the
-        header."""
-        with np.load(path, allow_pickle=False) as f:
-            try:
+        """Read a model written by :meth:`save` (never unpickles); checks the header and every
+        codebook's shape. :class:`ModelFileError` names what is wrong with the file."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if not hasattr(f, "files"):
+                    raise ModelFileError(f"{path} is a single .npy array, not a saved model "
+                                         "(.npz)")
                 header = json.loads(str(f["header"]))
-            except (KeyError, ValueError) as exc:
-                raise InvalidCodesError(f"{path} is not a semid_index model file: {exc}") from None
-            if header.get("format") != SAVE_FORMAT:
-                raise InvalidCodesError(
-                    f"{path} has format {header.get('format')!r}, expected {SAVE_FORMAT!r}")
-            books = [f[f"codebook_{i}"] for i in range(len(header["codebook_sizes"]))]
-        for i, (b, k) in enumerate(zip(books, header["codebook_sizes"])):
-            if b.dtype != np.float32 or b.shape != (k, header["n_features"]):
-                raise InvalidCodesError(
+                if not isinstance(header, dict) or header.get("format") != SAVE_FORMAT:
+                    raise ModelFileError(f"{path} has format {header.get('format')!r}, "
+                                         f"expected {SAVE_FORMAT!r}"
+                                         if isinstance(header, dict) else
+                                         f"{path} has no model header")
+                sizes, dim = header["codebook_sizes"], header["n_features"]
+                books = [f[f"codebook_{i}"] for i in range(len(sizes))]
+                normalize, scales = header["normalize_residuals"], header["residual_scales"]
+        except ModelFileError:
+            raise
+        except FileNotFoundError:
+            raise ModelFileError(f"no such model file: {path}") from None
+        except Exception as exc:  # noqa: BLE001 - zip, npy, JSON and key errors of a bad file
+            raise ModelFileError(f"{path} is not a semid_index model file: "
+                                 f"{type(exc).__name__}: {exc}") from None
+        for i, (b, k) in enumerate(zip(books, sizes)):
+            if b.dtype != np.float32 or b.shape != (k, dim):
+                raise ModelFileError(
                     f"{path}: codebook {i + 1} has shape {b.shape} and dtype {b.dtype}, header "
-                    f"says ({k}, {header['n_features']}) float32")
-        return cls.from_codebooks(books, normalize_residuals=header["normalize_residuals"],
-                                  residual_scales=header["residual_scales"], device=device)
+                    f"says ({k}, {dim}) float32")
+        return cls.from_codebooks(books, normalize_residuals=bool(normalize),
+                                  residual_scales=scales, device=device)
 
     def get_codebooks(self) -> list[np.ndarray]:
         """Codebooks as float32 numpy arrays, one (K_l, D) array per level."""

@@ -24,10 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+
 _BACKENDS = ("linear", "mkldnn")
 _backend: str | None = os.environ.get("SEMID_GEMM") or None  # None: decided at first use
 if _backend is not None and _backend not in _BACKENDS:  # pragma: no cover - misconfiguration
-    raise ValueError(f"SEMID_GEMM={_backend!r} is not one of {_BACKENDS}")
+    raise ConfigError(f"SEMID_GEMM={_backend!r} is not one of {_BACKENDS}")
 
 #: Upper bound on the (rows x K) score block computed at once, in floats (16 MiB).
 SCORE_BLOCK = 4 << 20
@@ -50,9 +52,9 @@ def set_gemm_backend(name: str) -> None:
     ``"mkldnn"``."""
     global _backend
     if name not in _BACKENDS:
-        raise ValueError(f"unknown GEMM backend {name!r}; choose one of {_BACKENDS}")
+        raise ConfigError(f"unknown GEMM backend {name!r}; choose one of {_BACKENDS}")
     if name == "mkldnn" and not mkldnn_available():
-        raise RuntimeError("the mkldnn GEMM backend is not available in this torch build")
+        raise ConfigError("the mkldnn GEMM backend is not available in this torch build")
     _backend = name
 
 

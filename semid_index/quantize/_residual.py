@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._inputs import MODEL_OPTIONS, hierarchy, model_options
 from ..errors import (ConfigError, DimensionMismatchError, EmptyInputError, NotFittedError,
                       TooFewItemsError)
 from ._data import Source, as_float_tensor, check_batch, make_source
@@ -165,42 +166,30 @@ class ResidualKMeans(CodesMixin):
                    n_polish=0, seed=seed, device=device, mode="grid")
 
     # ------------------------------------------------------------------ validation helpers
-    def _sizes(self) -> list[int]:
-        if isinstance(self.n_levels, bool) or not isinstance(self.n_levels, int) \
-                or self.n_levels < 1:
-            raise ConfigError(f"n_levels must be a positive int, got {self.n_levels!r}")
-        cs = self.codebook_size
-        sizes = [cs] * self.n_levels if isinstance(cs, (int, np.integer)) else list(cs)
-        if len(sizes) != self.n_levels:
-            raise ConfigError(
-                f"codebook_size has {len(sizes)} entries but n_levels={self.n_levels}")
-        for s in sizes:
-            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
-                raise ConfigError(f"codebook sizes must be positive ints, got {cs!r}")
-        return [int(s) for s in sizes]
-
     def _check_params(self) -> list[int]:
-        sizes = self._sizes()
-        if self.mode not in ("default", "grid"):
-            raise ConfigError(f"mode must be 'default' or 'grid', got {self.mode!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if not self.max_epochs > 0:
-            raise ConfigError(f"max_epochs must be > 0, got {self.max_epochs!r}")
-        if self.max_steps is not None and self.max_steps < 0:
-            raise ConfigError(f"max_steps must be >= 0 or None, got {self.max_steps!r}")
-        if self.tol < 0:
-            raise ConfigError(f"tol must be >= 0, got {self.tol!r}")
-        if self.n_polish < 0:
-            raise ConfigError(f"n_polish must be >= 0, got {self.n_polish!r}")
+        """The codebook sizes, after checking every parameter (the same rules as an index's
+        stored options, :data:`semid_index._inputs.MODEL_OPTIONS`)."""
+        sizes = hierarchy(self.n_levels, self.codebook_size)
+        opts = {name: getattr(self, name) for name in MODEL_OPTIONS}
+        opts["device"] = str(opts["device"])
+        model_options(opts)
         if self.init_size is not None and self.init_size < max(sizes):
             raise ConfigError(f"init_size={self.init_size} is smaller than the largest codebook "
                               f"({max(sizes)})")
+        _ = self._device  # refuse a device this torch build cannot use, before any work
         return sizes
 
     @property
     def _device(self) -> torch.device:
-        return torch.device(self.device)
+        try:
+            dev = torch.device(self.device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ConfigError(f"device {self.device!r} is not a torch device name (e.g. 'cpu', "
+                              "'cuda', 'cuda:1')") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {self.device!r}: this torch build has no usable CUDA "
+                              "device; use device='cpu'")
+        return dev
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "codebooks_"):
@@ -230,7 +219,7 @@ class ResidualKMeans(CodesMixin):
 
     def _fit(self, src: Source, sizes: list[int]) -> "ResidualKMeans":
         gen = torch.Generator().manual_seed(int(self.seed))
-        if src.n_rows is None or self.check_input:
+        if src.n_rows is None or (self.check_input and not src.checked):
             # one streaming pass: learns N for iterables and rejects NaN/inf anywhere in the data,
             # not only in the rows the training sample happens to draw
             for _ in src.chunks(1 << 16, copy=False):

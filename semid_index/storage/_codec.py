@@ -21,16 +21,14 @@ import struct
 
 import numpy as np
 
-from ..errors import ConfigError, SemanticIdError
+from ..errors import ConfigError, CorruptBlobError
+
+__all__ = ["ALLOWED_DTYPES", "CorruptBlobError", "decode_array", "encode_array"]
 
 MAGIC = b"SEMIDARR"
 VERSION = 1
 ALLOWED_DTYPES = ("<f4", "<f8", "<i4", "<i8", "|u1")
 _MAX_NDIM = 8
-
-
-class CorruptBlobError(SemanticIdError, ValueError):
-    """A stored array blob failed its header, length or checksum check."""
 
 
 def encode_array(array: np.ndarray) -> bytes:

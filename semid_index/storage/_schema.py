@@ -22,6 +22,8 @@ from sqlalchemy import (BigInteger, Column, DateTime, ForeignKeyConstraint, Inde
                         LargeBinary, MetaData, PrimaryKeyConstraint, String, Table, Text)
 from sqlalchemy.types import TypeDecorator
 
+from ..errors import ConfigError
+
 
 class UtcDateTime(TypeDecorator):
     """Timezone-aware UTC timestamps on both backends (SQLite keeps no zone: stored as UTC and
@@ -32,7 +34,7 @@ class UtcDateTime(TypeDecorator):
 
     def process_bind_param(self, value, dialect):
         if value is not None and value.tzinfo is None:
-            raise ValueError("naive datetime stored in a UTC column")
+            raise ConfigError("naive datetime stored in a UTC column")
         return None if value is None else value.astimezone(timezone.utc)
 
     def process_result_value(self, value, dialect):

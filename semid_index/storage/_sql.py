@@ -1,32 +1,87 @@
-"""Hand-written SQL of the hot paths, and the held read connections that run it.
+"""Hand-written SQL of the item paths, and the held read connections that run the hottest one.
 
 Everything else in the store goes through SQLAlchemy Core; these statements are precompiled
 strings because their callers (prefix pages, key and code probes, suffix allocation) run per
 request or per item and must cost little more than the bare driver. Values are always bound
-parameters.
+parameters (named: ``:name`` on SQLite, ``%(name)s`` on PostgreSQL).
+
+A prefix is one key range of the binary ``code`` column (``_codes.CodeLayout.range``); every
+statement here that selects by prefix takes it as ``lo`` and, when there is an upper bound,
+``hi`` (:func:`code_range`).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 
-def _prefix_sql(ph: str) -> dict:
-    out = {}
-    for has_hi in (False, True):
-        for has_after in (False, True):
-            where = [f"index_id = {ph}", f"version = {ph}", f"code >= {ph}"]
-            if has_hi:
-                where.append(f"code < {ph}")
-            if has_after:
-                where += [f"code >= {ph}", f"(code > {ph} OR suffix > {ph})"]
-            out[(has_hi, has_after)] = (
-                "SELECT item_key, code, suffix FROM semid_items WHERE " + " AND ".join(where)
-                + f" ORDER BY code, suffix LIMIT {ph}")
-    return out
+def _ph(dialect: str) -> Callable[[str], str]:
+    return (lambda n: f":{n}") if dialect == "sqlite" else (lambda n: f"%({n})s")
 
 
-PREFIX_SQL = {"sqlite": _prefix_sql("?"), "postgresql": _prefix_sql("%s")}
+def code_range(dialect: str, has_hi: bool, lo: str = "lo", hi: str = "hi",
+               column: str = "code") -> str:
+    """The predicate ``lo <= code < hi`` (the upper bound only when ``has_hi``)."""
+    p = _ph(dialect)
+    return f"{column} >= {p(lo)}" + (f" AND {column} < {p(hi)}" if has_hi else "")
+
+
+def _prefix_page(dialect: str, has_hi: bool, has_after: bool) -> str:
+    """One page of a prefix on the serving path. The version is resolved in the statement:
+    ``v`` if given, else the index's active version, and only while the index row still has
+    the id *and* creation stamp the caller knows (a dropped index yields no rows)."""
+    p = _ph(dialect)
+    where = [f"index_id = {p('ix')}",
+             f"version = (SELECT coalesce({p('v')}, active_version) FROM semid_indexes "
+             f"WHERE id = {p('ix')} AND created_at = {p('stamp')})",
+             code_range(dialect, has_hi)]
+    if has_after:
+        where.append(f"code >= {p('ac')} AND (code > {p('ac')} OR suffix > {p('asuf')})")
+    return ("SELECT item_key, code, suffix, version FROM semid_items WHERE "
+            + " AND ".join(where) + f" ORDER BY code, suffix LIMIT {p('n')}")
+
+
+def prefix_page_sql(dialect: str) -> dict[tuple[bool, bool], str]:
+    """[(has upper bound, has cursor)] -> statement, see :func:`_prefix_page`."""
+    return {(hi, after): _prefix_page(dialect, hi, after)
+            for hi in (False, True) for after in (False, True)}
+
+
+def key_probe_sql(dialect: str) -> str:
+    """Rows of many keys in one version. SQLite (positional parameters): ``{keys}`` stands for
+    an IN list of at most ``IN_CHUNK`` parameters. PostgreSQL: the keys as one array, each probing the primary
+    key (with stale statistics, as in a table filled by this very transaction, an IN list may be
+    planned as a walk of the version)."""
+    if dialect == "sqlite":
+        return ("SELECT item_key, code, suffix, fingerprint FROM semid_items WHERE "
+                "index_id = ? AND version = ? AND item_key IN ({keys})")
+    return ("SELECT q.k, s.code, s.suffix, s.fingerprint FROM unnest(%(keys)s::text[]) AS q(k) "
+            "JOIN LATERAL (SELECT code, suffix, fingerprint FROM semid_items WHERE "
+            "index_id = %(ix)s AND version = %(v)s AND item_key = q.k) AS s ON true")
+
+
+# PostgreSQL: the largest suffix of each of many codes in a table (items or retired IDs), one
+# index seek per code. (SQLite allocates suffixes inside its INSERT: SQLITE_INSERT.)
+PG_MAX_SUFFIX = (
+    "SELECT q.c, s.m FROM unnest(%(codes)s::bytea[]) AS q(c) JOIN LATERAL (SELECT max(suffix) "
+    "AS m FROM {table} WHERE index_id = %(ix)s AND version = %(v)s AND code = q.c) AS s "
+    "ON s.m IS NOT NULL")
+
+_NEXT = ("coalesce((SELECT max(suffix) FROM {table} WHERE index_id = ?1 AND version = ?2 AND "
+         "code = ?4), -1)")
+# SQLite: insert new items, each with the next suffix never issued for its code, computed inside
+# the INSERT (the seek for the code's largest suffix lands on the page the row then goes to).
+# [the version has retired IDs]. semid_issued(x) is registered by the caller for the statement:
+# it records x (the suffix) and returns it, so the suffixes need no read-back.
+SQLITE_INSERT = {
+    has_retired: "INSERT INTO semid_items (index_id, version, item_key, code, suffix, "
+    "fingerprint) VALUES (?1, ?2, ?3, ?4, semid_issued(1 + " + (
+        f"max({_NEXT.format(table='semid_items')}, {_NEXT.format(table='semid_retired')})"
+        if has_retired else _NEXT.format(table="semid_items")) + "), ?5)"
+    for has_retired in (False, True)
+}
 
 
 class Readers:
@@ -52,7 +107,7 @@ class Readers:
                 self._all.append(proxy)
         return conn
 
-    def fetchall(self, sql: str, params) -> list:
+    def fetchall(self, sql: str, params: dict[str, Any]) -> list:
         conn = self._conn()
         try:
             cur = conn.cursor()
@@ -74,34 +129,3 @@ class Readers:
                     pass
             self._all.clear()
         self._local = threading.local()
-
-
-SQLITE_NEXT_SUFFIX = ("coalesce((SELECT max(suffix) FROM {table} WHERE index_id = ?1 AND "
-                       "version = ?2 AND code = ?4), -1)")
-# [the version has retired IDs]; a key already in the version is skipped. semid_issued(x) is
-# registered by the caller for the statement: it records x (the suffix) and returns it.
-SQLITE_ASSIGN = {
-    has_retired: "INSERT OR IGNORE INTO semid_items (index_id, version, item_key, code, suffix, "
-    "fingerprint) VALUES (?1, ?2, ?3, ?4, semid_issued(1 + " + (
-        f"max({SQLITE_NEXT_SUFFIX.format(table='semid_items')}, "
-        f"{SQLITE_NEXT_SUFFIX.format(table='semid_retired')})" if has_retired
-        else SQLITE_NEXT_SUFFIX.format(table="semid_items")) + "), ?5)"
-    for has_retired in (False, True)
-}
-
-# Existing items among many keys. SQLite: "?*" stands for an IN list of at most 500 keys.
-# PostgreSQL: the keys as one array, each probing the primary key (with stale statistics, as in
-# a table filled by this very transaction, an IN list may be planned as a walk of the version).
-KEY_PROBE = {
-    "sqlite": "SELECT item_key, code, suffix, fingerprint FROM semid_items WHERE index_id = ? "
-              "AND version = ? AND item_key IN (?*)",
-    "postgresql": "SELECT q.k, s.code, s.suffix, s.fingerprint FROM unnest(%b::text[]) AS q(k) "
-                  "JOIN LATERAL (SELECT code, suffix, fingerprint FROM semid_items WHERE "
-                  "index_id = %s AND version = %s AND item_key = q.k) AS s ON true",
-}
-
-# PostgreSQL: the largest suffix of each of many codes in a table (items or retired IDs), one
-# index seek per code. (SQLite allocates suffixes inside its INSERT: SQLITE_ASSIGN.)
-PG_MAX_SUFFIX = (
-    "SELECT q.c, s.m FROM unnest(%b::bytea[]) AS q(c) JOIN LATERAL (SELECT max(suffix) AS m "
-    "FROM {table} WHERE index_id = %s AND version = %s AND code = q.c) AS s ON s.m IS NOT NULL")

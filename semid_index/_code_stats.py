@@ -1,0 +1,75 @@
+"""Code statistics of a set of IDs: per-level usage, entropy, perplexity, collisions.
+
+Numpy only (no torch), so ``semid stats`` and any serving process can report on stored IDs.
+The quantizer's :class:`~semid_index.quantize.QualityReport` uses the same function.
+
+Names used across the library, API and CLI alike:
+
+- ``n_collided`` / ``collided_share``: items whose full L-level code at least one other item
+  shares (every member of a group of two or more), and their share of all items;
+- ``n_suffixed`` / ``suffixed_share`` (:class:`~semid_index.IndexStats`): items whose suffix is
+  > 0, i.e. every collided item but the first of its group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["LevelStats", "code_statistics"]
+
+
+@dataclass
+class LevelStats:
+    """Usage of one codebook over a data set."""
+
+    level: int            #: 1-based level
+    codebook_size: int    #: K
+    used: int             #: codes with at least one item
+    dead: int             #: codes with no item (K - used)
+    utilisation: float    #: used / K
+    entropy_bits: float   #: Shannon entropy of the code distribution, bits
+    perplexity: float     #: 2 ** entropy: the "effective" number of codes
+    largest_share: float  #: share of items in the most popular code
+
+
+def code_statistics(codes: np.ndarray, codebook_sizes: Sequence[int]) -> dict:
+    """Per-level usage and collision statistics of codes (N, L) int.
+
+    Returns a dict with keys ``levels`` (a :class:`LevelStats` per level), ``unique_share``
+    (distinct prefixes / N at depth 1..L), ``n_distinct_codes``, ``n_collided`` (items whose
+    full code another item shares), ``collided_share`` (``n_collided`` / N) and
+    ``largest_group`` (the most items sharing one full code).
+    """
+    codes = np.asarray(codes)
+    n, n_levels = codes.shape
+    levels = []
+    for lv, k in enumerate(codebook_sizes):
+        if k <= 4 * n + 1024:
+            counts = np.bincount(codes[:, lv], minlength=k)
+            counts = counts[counts > 0].astype(np.float64)
+        else:  # a huge codebook: count only the codes that occur
+            counts = np.unique(codes[:, lv], return_counts=True)[1].astype(np.float64)
+        p = counts / n
+        ent = float(-(p * np.log2(p)).sum())
+        used = int(len(counts))
+        levels.append(LevelStats(lv + 1, int(k), used, int(k) - used, used / k, ent,
+                                 float(2.0 ** ent), float(counts.max() / n)))
+    unique_share = []
+    full_counts = None
+    fits = float(np.prod([float(k) for k in codebook_sizes])) < 2.0 ** 62
+    key = np.zeros(n, dtype=np.int64)
+    for depth in range(1, n_levels + 1):
+        if fits:  # mixed-radix key: one int64 per prefix, far faster than unique(axis=0)
+            key = key * int(codebook_sizes[depth - 1]) + codes[:, depth - 1].astype(np.int64)
+            _, inv_counts = np.unique(key, return_counts=True)
+        else:
+            _, inv_counts = np.unique(codes[:, :depth], axis=0, return_counts=True)
+        unique_share.append(len(inv_counts) / n)
+        full_counts = inv_counts
+    colliding = int(full_counts[full_counts > 1].sum())
+    return dict(levels=levels, unique_share=unique_share, n_distinct_codes=int(len(full_counts)),
+                n_collided=colliding, collided_share=colliding / n,
+                largest_group=int(full_counts.max()))
