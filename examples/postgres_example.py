@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 
 from semid_index import SemanticIdIndex
 from semid_index.datasets import gaussian_mixture

@@ -12,7 +12,7 @@ import importlib
 
 from . import errors as _errors
 from .errors import *  # noqa: F403 - the typed exceptions, listed in errors.__all__
-from .ids import SemanticId
+from .ids import SemanticId as SemanticId
 
 __version__ = "0.1.0"
 

@@ -1,10 +1,7 @@
 """The ``semid`` command through its real entry point (a subprocess), on SQLite and PostgreSQL."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -12,7 +12,6 @@ Public names:
 from ._kernels import get_gemm_backend, mkldnn_available, set_gemm_backend
 from ._kmeans import kmeans_plusplus
 from ._metrics import LevelStats, QualityReport, code_statistics
-from ._data import validated
 from ._residual import FitLog, ResidualKMeans
 
 __all__ = [

@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
