@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,7 @@ def emit_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def table(headers: list[str], rows: list[list], *, right: set[int] = frozenset()) -> str:
+def table(headers: list[str], rows: list[list], *, right: Collection[int] = frozenset()) -> str:
     """Plain aligned columns, clipped to the terminal's width."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]

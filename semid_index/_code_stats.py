@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import EmptyInputError, InvalidCodesError
+
 __all__ = ["LevelStats", "code_statistics"]
 
 
@@ -44,6 +46,15 @@ def code_statistics(codes: np.ndarray, codebook_sizes: Sequence[int]) -> dict:
     ``largest_group`` (the most items sharing one full code).
     """
     codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[1] != len(codebook_sizes) or not codebook_sizes:
+        raise InvalidCodesError(f"codes must have shape (N, L) with L = {len(codebook_sizes)} "
+                                f"codebook sizes >= 1, got {codes.shape}")
+    if codes.shape[0] == 0:
+        raise EmptyInputError("no codes: statistics need at least one item")
+    if codes.dtype.kind not in "iu" or (codes.min(axis=0) < 0).any() or \
+            (codes.max(axis=0) >= np.asarray(codebook_sizes)).any():
+        raise InvalidCodesError(f"codes must be integers inside 0..K-1 for codebook sizes "
+                                f"{list(codebook_sizes)}")
     n, n_levels = codes.shape
     levels = []
     for lv, k in enumerate(codebook_sizes):
@@ -58,7 +69,7 @@ def code_statistics(codes: np.ndarray, codebook_sizes: Sequence[int]) -> dict:
         levels.append(LevelStats(lv + 1, int(k), used, int(k) - used, used / k, ent,
                                  float(2.0 ** ent), float(counts.max() / n)))
     unique_share = []
-    full_counts = None
+    full_counts: np.ndarray | None = None
     fits = float(np.prod([float(k) for k in codebook_sizes])) < 2.0 ** 62
     key = np.zeros(n, dtype=np.int64)
     for depth in range(1, n_levels + 1):
@@ -69,6 +80,7 @@ def code_statistics(codes: np.ndarray, codebook_sizes: Sequence[int]) -> dict:
             _, inv_counts = np.unique(codes[:, :depth], axis=0, return_counts=True)
         unique_share.append(len(inv_counts) / n)
         full_counts = inv_counts
+    assert full_counts is not None, "codes need at least one level"
     colliding = int(full_counts[full_counts > 1].sum())
     return dict(levels=levels, unique_share=unique_share, n_distinct_codes=int(len(full_counts)),
                 n_collided=colliding, collided_share=colliding / n,

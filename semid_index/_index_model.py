@@ -67,6 +67,7 @@ class IndexModel(IndexReads):
 
         _, ids = self.id_arrays(version=version)
         at = self._record.active_version if version is None else version
+        assert at is not None  # id_arrays() raised NotFittedError for an index with no version
         if len(ids) == 0:
             raise EmptyInputError(f"version {at} of index {self.name!r} has no items")
         report = code_statistics(ids[:, :-1], self._record.codebook_sizes)

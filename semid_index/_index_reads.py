@@ -10,7 +10,7 @@ followed, and an index dropped or created anew under the same name is refused.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 from sqlalchemy.engine import Connection
@@ -34,7 +34,10 @@ class IndexReads:
 
     _store: "Store"
     _record: IndexRecord
-    name: str
+
+    if TYPE_CHECKING:  # SemanticIdIndex's read-only property
+        @property
+        def name(self) -> str: ...
 
     # ================================================================== records and versions
     def _op(self, what: str) -> str:
@@ -235,7 +238,7 @@ def _not_fitted(rec: IndexRecord) -> NotFittedError:
     return NotFittedError(f"index {rec.name!r} has no codebooks yet: call fit() first")
 
 
-def _raise_unknown(keys: list[str], index_name: str):
+def _raise_unknown(keys: list[str], index_name: str) -> NoReturn:
     shown = ", ".join(map(repr, keys[:20])) + (" ..." if len(keys) > 20 else "")
     raise UnknownItemError(f"{len(keys)} item key(s) not in index {index_name!r}: {shown}",
                            keys[:20])

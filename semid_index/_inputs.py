@@ -212,7 +212,8 @@ def hierarchy(n_levels, codebook_size) -> list[int]:
 def _int(lo: int, hi: float = math.inf, none: bool = False):
     def check(v) -> bool:
         return (none and v is None) or (isinstance(v, (int, np.integer))
-                                        and not isinstance(v, (bool, np.bool_)) and lo <= v <= hi)
+                                        and not isinstance(v, (bool, np.bool_))
+                                        and bool(lo <= v <= hi))
     check.__doc__ = f"an int >= {lo}" + (" or None" if none else "")
     return check
 
@@ -221,7 +222,7 @@ def _number(lo: float, strict: bool = False):
     def check(v) -> bool:
         return isinstance(v, (int, float, np.integer, np.floating)) and \
             not isinstance(v, (bool, np.bool_)) and not math.isnan(v) and \
-            (v > lo if strict else v >= lo)
+            bool(v > lo if strict else v >= lo)
     check.__doc__ = f"a number {'>' if strict else '>='} {lo}"
     return check
 

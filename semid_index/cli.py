@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -48,8 +49,8 @@ def init(db, index_name, as_json, levels, codebook_size, seed, normalize_residua
         opts["normalize_residuals"] = True
     with SemanticIdIndex.create(db, index_name, n_levels=levels, codebook_size=sizes,
                                 exist_ok=exist_ok, **opts) as idx:
-        out = {"index": idx.name, "db": idx.url, "levels": idx.n_levels,
-               "codebook_sizes": list(idx.codebook_sizes)}
+        out: dict[str, Any] = {"index": idx.name, "db": idx.url, "levels": idx.n_levels,
+                               "codebook_sizes": list(idx.codebook_sizes)}
     _emit(as_json, out, f"index {out['index']!r} in {out['db']}: {levels} levels of "
                         f"{'/'.join(map(str, out['codebook_sizes']))} codes")
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -218,8 +218,8 @@ class ResidualQuantization(nn.Module):
         proto.seed = seed
         self.model = proto._make_model(n_layers, [layer.n_clusters] * n_layers,
                                        normalize=normalize_residuals)
-        for i, mbk in enumerate(self.quantization_layers):
-            mbk._bound = (self.model, i)
+        for i, mbk in enumerate(self.quantization_layers):  # ModuleList yields plain Modules
+            cast(MiniBatchKMeans, mbk)._bound = (self.model, i)
         self._steps = 0
 
     @property
@@ -237,7 +237,7 @@ class ResidualQuantization(nn.Module):
                  normalize_residuals=model.normalize_residuals)
         rq.model = model
         for i, mbk in enumerate(rq.quantization_layers):
-            mbk._bound = (model, i)
+            cast(MiniBatchKMeans, mbk)._bound = (model, i)
         rq.codebook_width = max(sizes)
         return rq.eval()
 

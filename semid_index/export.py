@@ -59,7 +59,7 @@ def replaced(path) -> Iterator[str]:
 def format_of(path, fmt: str | None, allowed: Sequence[str]) -> str:
     """The export format: ``fmt`` if given, else from the file's extension."""
     fmt = fmt or _SUFFIXES.get(Path(path).suffix.lower())
-    if fmt not in allowed:
+    if fmt is None or fmt not in allowed:
         raise ConfigError(f"cannot tell the format of {str(path)!r}: use one of the extensions "
                           f"{', '.join('.' + f for f in allowed)} or pass the format "
                           f"({', '.join(allowed)})")
@@ -210,7 +210,7 @@ def _write_next_codes(path: str, fmt: str, ids: np.ndarray) -> int:
             "prefix": pa.array([list(p) for p, _ in table], pa.list_(pa.int64())),
             "next": pa.array([n.tolist() for _, n in table], pa.list_(pa.int64()))}), path)
     else:  # npz
-        arrays = {}
+        arrays: dict[str, np.ndarray] = {}
         for depth in range(ids.shape[1]):
             rows = [(p, n) for p, n in table if len(p) == depth]
             arrays[f"prefixes_{depth}"] = np.array([p for p, _ in rows], dtype=np.int64) \
@@ -219,7 +219,9 @@ def _write_next_codes(path: str, fmt: str, ids: np.ndarray) -> int:
             arrays[f"next_{depth}"] = np.concatenate([n for _, n in rows]) if rows else \
                 np.zeros(0, np.int64)
         with open(path, "wb") as f:
-            np.savez(f, **arrays)
+            # the keys are prefixes_/offsets_/next_<depth>, never savez's allow_pickle; mypy
+            # matches **dict[str, ndarray] against that bool keyword too
+            np.savez(f, **arrays)  # type: ignore[arg-type]
     return len(table)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -87,8 +87,10 @@ class SemanticId:
 
 
 _new = object.__new__
-_set_levels = SemanticId.levels.__set__
-_set_suffix = SemanticId.suffix.__set__
+# the slots' member descriptors, read from the class dict (the checker sees the fields' types on
+# attribute access, not the descriptors)
+_set_levels: Callable[[SemanticId, tuple[int, ...]], None] = vars(SemanticId)["levels"].__set__
+_set_suffix: Callable[[SemanticId, int], None] = vars(SemanticId)["suffix"].__set__
 
 
 def id_string(parts: Sequence[int]) -> str:

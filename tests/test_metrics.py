@@ -38,3 +38,15 @@ def test_huge_codebooks_fall_back_to_row_unique():
     codes = np.array([[5, 7, 9], [5, 7, 9], [5, 8, 9]])
     st = code_statistics(codes, [2 ** 30, 2 ** 30, 2 ** 30])
     assert st["n_distinct_codes"] == 2 and st["largest_group"] == 2
+
+
+@pytest.mark.parametrize("codes, sizes", [
+    (np.zeros((5, 0), dtype=np.int64), []), (np.zeros((5, 2), dtype=np.int64), [4]),
+    (np.array([[0, 4]]), [4, 4]), (np.array([[-1, 0]]), [4, 4]), (np.array([[0.5, 1]]), [4, 4]),
+    (np.zeros((0, 2), dtype=np.int64), [4, 4]),
+])
+def test_bad_codes_are_typed_errors(codes, sizes):
+    from semid_index.errors import SemanticIdError
+
+    with pytest.raises(SemanticIdError):
+        code_statistics(codes, sizes)

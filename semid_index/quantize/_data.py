@@ -16,7 +16,7 @@ from __future__ import annotations
 import mmap
 import os
 import warnings
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeGuard
 
 import numpy as np
 import torch
@@ -110,6 +110,7 @@ class Source:
 
         Any prefix of the result is itself a uniform sample.
         """
+        assert self.n_rows is not None  # sources of unknown length override sample()
         n = min(n, self.n_rows)
         perm = torch.randperm(self.n_rows, generator=generator)[:n]
         if n == self.n_rows:
@@ -128,6 +129,9 @@ class Source:
 
 class ArraySource(Source):
     """Rows held in memory (a tensor, an ndarray, or a memmap read by slicing)."""
+
+    dim: int
+    n_rows: int
 
     def __init__(self, data, name: str = "embeddings"):
         if isinstance(data, torch.Tensor):
@@ -169,8 +173,8 @@ class ArraySource(Source):
         # rows, so data stored sorted (by category, by date) still gives mixed mini-batches while
         # reads stay sequential within a block.
         block = max(1, rows // MIX_BLOCKS)
-        starts = torch.arange(0, self.n_rows, block)
-        starts = starts[torch.randperm(len(starts), generator=generator)].tolist()
+        block_starts = torch.arange(0, self.n_rows, block)
+        starts = block_starts[torch.randperm(len(block_starts), generator=generator)].tolist()
         for g in range(0, len(starts), MIX_BLOCKS):
             t = torch.cat([self._rows(a, min(a + block, self.n_rows))
                            for a in starts[g:g + MIX_BLOCKS]])
@@ -219,7 +223,8 @@ class FileSource(ArraySource):
 
     def __init__(self, data: np.memmap, name: str = "embeddings"):
         super().__init__(data, name)
-        self.path = data.filename
+        assert data.filename is not None  # usable() checked it
+        self.path: str = data.filename
         self.offset = int(data.offset)
         self.itemsize = data.dtype.itemsize
         self.row_bytes = self.dim * self.itemsize
@@ -227,7 +232,7 @@ class FileSource(ArraySource):
         self.file_dtype = data.dtype
 
     @staticmethod
-    def usable(data) -> bool:
+    def usable(data) -> TypeGuard[np.memmap]:
         return (isinstance(data, np.memmap) and isinstance(data.base, mmap.mmap)
                 and data.filename is not None and data.ndim == 2 and data.flags.c_contiguous
                 and data.dtype.kind == "f" and os.path.exists(data.filename))
@@ -346,8 +351,8 @@ class IterableSource(Source):
             seen += c.shape[0]
         if res is None:
             raise EmptyInputError(f"{self.name} are empty: the batches yielded no rows")
-        res = torch.from_numpy(res[:filled].copy())
-        return res[torch.randperm(filled, generator=generator)]  # any prefix is uniform too
+        out = torch.from_numpy(res[:filled].copy())
+        return out[torch.randperm(filled, generator=generator)]  # any prefix is uniform too
 
 
 def validated(data: np.ndarray) -> Source:

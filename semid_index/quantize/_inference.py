@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 
 from ..errors import EmptyInputError, InvalidCodesError, ModelFileError
 from ._data import DEFAULT_CHUNK_BYTES, Source, check_batch, make_source
-from ._kernels import normalize_rows_
+from ._kernels import Codebook, Encoder, normalize_rows_
 from ._metrics import QualityReport, code_statistics
 
 if TYPE_CHECKING:
@@ -26,6 +27,27 @@ ENCODE_ROWS = 2048  # rows per encode block: the block and its scores stay in ca
 
 class CodesMixin:
     """encode / decode / quality / save / load for ``ResidualKMeans``."""
+
+    # What ResidualKMeans provides. Annotations only: no class attribute is made, so an unfitted
+    # model still has no ``codebooks_`` (``_check_fitted`` and callers test that with hasattr).
+    normalize_residuals: bool
+    n_features_in_: int
+    codebook_sizes_: list[int]
+    codebooks_: list[torch.Tensor]
+    residual_scales_: torch.Tensor
+    _books: list[Codebook]
+    _encoder: Encoder
+
+    if TYPE_CHECKING:
+        @property
+        def _device(self) -> torch.device: ...
+
+        def _check_fitted(self) -> None: ...
+
+        @classmethod
+        def from_codebooks(cls, codebooks: Sequence, *, normalize_residuals: bool = False,
+                           residual_scales: Sequence[float] | None = None,
+                           device: str | torch.device = "cpu") -> ResidualKMeans: ...
 
     # ------------------------------------------------------------------ inference
     def encode(self, X, *, batch_rows: int | None = None) -> torch.Tensor:
@@ -143,7 +165,9 @@ class CodesMixin:
                   "normalize_residuals": bool(self.normalize_residuals),
                   "residual_scales": [float(v) for v in self.residual_scales_]}
         arrays = {f"codebook_{i}": c for i, c in enumerate(self.get_codebooks())}
-        np.savez(path, header=np.array(json.dumps(header)), **arrays)
+        # the keys are codebook_<i>, never savez's allow_pickle; mypy matches
+        # **dict[str, ndarray] against that bool keyword too
+        np.savez(path, header=np.array(json.dumps(header)), **arrays)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path, *, device: str | torch.device = "cpu") -> "ResidualKMeans":

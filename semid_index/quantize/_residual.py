@@ -230,6 +230,7 @@ class ResidualKMeans(CodesMixin):
             raise TooFewItemsError(
                 f"need at least {max(sizes)} items for codebook size {max(sizes)} at level "
                 f"{level}, got {src.n_rows}")
+        assert src.dim is not None  # known once a row was read
         self._reset(src.dim, sizes)
         if self.mode == "grid":
             return self._fit_grid(src, gen)
@@ -259,8 +260,10 @@ class ResidualKMeans(CodesMixin):
         self.history_: list[FitLog] = []
 
     def _finish(self) -> None:
-        self.codebooks_ = [lv.centroids for lv in self._levels]
-        self.counts_ = [lv.counts for lv in self._levels]
+        levels = [lv for lv in self._levels if lv is not None]
+        assert len(levels) == len(self._levels), "every level is seeded before _finish()"
+        self.codebooks_ = [lv.centroids for lv in levels]
+        self.counts_ = [lv.counts for lv in levels]
         self.residual_scales_ = torch.tensor(self._scales, dtype=torch.float64)
         self._books = [Codebook(c) for c in self.codebooks_]
         self._encoder = Encoder(self._books, self.normalize_residuals)
@@ -317,6 +320,7 @@ class ResidualKMeans(CodesMixin):
     def _polish_level(self, lv: int, x: torch.Tensor, steps: int, converged: bool) -> None:
         """Lloyd iterations on x (which re-seed empty codes), then x -= its centroids."""
         level = self._levels[lv]
+        assert level is not None  # seeded by _fit_level / _fit_joint
         labels, counts, inertia = lloyd(level, x, self.n_polish, self.polish_tol)
         level.counts = counts.clone()
         c = level.centroids
@@ -490,7 +494,7 @@ class _EarlyStop:
         self.patience = model.max_no_improvement
         self.tol = model.tol * getattr(model, "_variance", 1.0)
         self.alpha = min(1.0, 2.0 * model.batch_size / (n_rows + 1))
-        self.ewa = None
+        self.ewa: float | None = None
         self.best = math.inf
         self.no_improvement = 0
         self.stopped = False

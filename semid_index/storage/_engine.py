@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from ..errors import (ConfigError, LockTimeoutError, ReadOnlyDatabaseError, SchemaError,
                       SemanticIdError, StoreClosedError, StoreError)
+from ._sql import driver_connection
 from ._wal import WalCheckpointer
 
 log = logging.getLogger("semid_index.storage")
@@ -145,8 +146,10 @@ def missing_sqlite_file(target) -> bool:
     except exc.ArgumentError:
         return False
     db = url.database
-    return url.get_backend_name() == "sqlite" and bool(db) and db != ":memory:" and \
-        not db.startswith("file:") and not url.query.get("uri") and not os.path.exists(db)
+    if url.get_backend_name() != "sqlite" or not db:
+        return False
+    return db != ":memory:" and not db.startswith("file:") and not url.query.get("uri") and \
+        not os.path.exists(db)
 
 
 def sqlite_file(engine: Engine) -> str | None:
@@ -225,7 +228,7 @@ class Transactions:
                                          f"{max(1, int(self.busy_timeout * 1000))}")
                 yield conn
             if self.wal is not None:
-                self.wal.committed(conn.connection.driver_connection, conn.connection.info)
+                self.wal.committed(driver_connection(conn), conn.connection.info)
 
     @contextlib.contextmanager
     def serving(self, operation: str) -> Iterator[None]:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from ._catalog import IndexRecord, Space
 from ._schema import items, retired
-from ._sql import Readers, key_probe_sql, prefix_page_sql
+from ._sql import Readers, driver_connection, key_probe_sql, prefix_page_sql
 
 __all__ = ["Found", "ItemReads", "IN_CHUNK", "PG_CHUNK"]
 
@@ -58,7 +58,7 @@ class ItemReads:
         chunk = PG_CHUNK if pg else IN_CHUNK
         levels = space.layout.levels
         out: dict[str, Found] = {}
-        with closing(conn.connection.driver_connection.cursor()) as cur:
+        with closing(driver_connection(conn).cursor()) as cur:
             for a in range(0, len(keys), chunk):
                 part = list(keys[a:a + chunk])
                 if pg:
@@ -112,7 +112,7 @@ class ItemReads:
         stmt = select(func.count()).select_from(items).where(
             items.c.index_id == space.index_id, items.c.version == space.version,
             *_range(items.c.code, lo, hi))
-        return int(conn.execute(stmt).scalar())
+        return int(conn.execute(stmt).scalar_one())
 
     def children(self, conn: Connection, space: Space, prefix: Levels) -> dict[int, int]:
         """{next-level code: items} under a prefix of depth < L, codes in use only."""
@@ -129,7 +129,7 @@ class ItemReads:
         head = func.substr(items.c.code, 1, depth * space.layout.width)
         inner = select(head.label("h")).where(
             items.c.index_id == space.index_id, items.c.version == space.version).group_by(head)
-        return int(conn.execute(select(func.count()).select_from(inner.subquery())).scalar())
+        return int(conn.execute(select(func.count()).select_from(inner.subquery())).scalar_one())
 
     def summary(self, conn: Connection, space: Space) -> dict:
         """Counts of a version in one scan: n_items, n_distinct_codes, n_suffixed (suffix > 0),
@@ -145,7 +145,7 @@ class ItemReads:
             func.count().filter(groups.c.n == 1), func.max(groups.c.n),
             func.max(groups.c.m))).one()
         n_retired = conn.execute(select(func.count()).select_from(retired).where(
-            retired.c.index_id == space.index_id, retired.c.version == space.version)).scalar()
+            retired.c.index_id == space.index_id, retired.c.version == space.version)).scalar_one()
         total = int(total or 0)
         return {"n_items": total, "n_distinct_codes": int(distinct),
                 "n_suffixed": int(suffixed or 0), "n_collided": total - int(singles or 0),

@@ -26,7 +26,7 @@ from ._catalog import Space
 from ._codes import group_suffixes
 from ._item_reads import IN_CHUNK, PG_CHUNK
 from ._schema import items, retired
-from ._sql import PG_MAX_SUFFIX, SQLITE_INSERT
+from ._sql import PG_MAX_SUFFIX, SQLITE_INSERT, driver_connection
 
 __all__ = ["ItemWrites"]
 
@@ -118,7 +118,7 @@ class ItemWrites:
         rows = zip(repeat(space.index_id), repeat(space.version), keys, packed,
                    suffixes.tolist(), fingerprints.tolist())  # made as the driver consumes them
         sizes = [min(BULK_BATCH, len(keys) - a) for a in range(0, len(keys), BULK_BATCH)]
-        raw = conn.connection.driver_connection
+        raw = driver_connection(conn)
         if self.dialect == "sqlite":
             with closing(raw.cursor()) as cur:
                 for size in sizes:
@@ -148,7 +148,7 @@ class ItemWrites:
         # consecutive rows then share B-tree pages, which are hot in the cache
         order = sorted(range(n), key=packed.__getitem__)
         fps = fingerprints.tolist()
-        raw = conn.connection.driver_connection
+        raw = driver_connection(conn)
         issued: list[int] = []
         raw.create_function("semid_issued", 1, _collector(issued))
         try:
@@ -175,7 +175,7 @@ class ItemWrites:
         PostgreSQL's allocation (SQLite's happens inside its INSERT)."""
         out = dict.fromkeys(codes, 0)
         tables = ["semid_items"] + (["semid_retired"] if self._has_retired(conn, space) else [])
-        with closing(conn.connection.driver_connection.cursor()) as cur:
+        with closing(driver_connection(conn).cursor()) as cur:
             for table in tables:
                 for a in range(0, len(codes), PG_CHUNK):
                     cur.execute(PG_MAX_SUFFIX.format(table=table),

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 
 def _ph(dialect: str) -> Callable[[str], str]:
@@ -82,6 +85,15 @@ SQLITE_INSERT = {
         if has_retired else _NEXT.format(table="semid_items")) + "), ?5)"
     for has_retired in (False, True)
 }
+
+
+def driver_connection(conn: Connection) -> Any:
+    """The DBAPI connection (sqlite3 or psycopg) under a SQLAlchemy connection in use.
+    SQLAlchemy types it Optional: it is None only on a pool entry that was invalidated, and
+    ``conn.connection`` revalidates (or raises for a closed connection) first."""
+    raw = conn.connection.driver_connection
+    assert raw is not None, "no DBAPI connection under a live SQLAlchemy connection"
+    return raw
 
 
 class Readers:
