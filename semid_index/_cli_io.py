@@ -103,8 +103,8 @@ def _read_npz(p: str, column: str | None, use_keys: bool) -> tuple[list[str] | N
             if name not in names:
                 raise ConfigError(f"{p} has no array {name!r} (it holds {names})")
             x = z[name]
-            keys = [str(k) for k in z["keys"].tolist()] if use_keys and "keys" in names \
-                else None
+            keys = _key_strings(z["keys"].tolist(), p, "array 'keys'") \
+                if use_keys and "keys" in names else None
     except (ConfigError, InputFileError):
         raise
     except FileNotFoundError:
@@ -134,7 +134,8 @@ def _read_parquet(p: str, column: str | None, key_column: str | None,
                           "name the embedding column with --column")
     values = table.column(name).to_pylist()
     try:
-        x = np.asarray(values, dtype=np.float32) if values else np.zeros((0, 0), np.float32)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: refused later
+            x = np.asarray(values, dtype=np.float32) if values else np.zeros((0, 0), np.float32)
     except (TypeError, ValueError):
         raise InputFileError(f"{p}: the rows of column {name!r} have different lengths, or "
                              "hold nulls or non-numbers", path=p) from None
@@ -143,11 +144,29 @@ def _read_parquet(p: str, column: str | None, key_column: str | None,
         return None, x
     if kc not in table.column_names:
         raise ConfigError(f"{p} has no column {kc!r} (columns: {table.column_names})")
-    raw = table.column(kc).to_pylist()
-    if None in raw:
-        raise InputFileError(f"{p}: key column {kc!r} has a null in row {raw.index(None)}",
-                             path=p)
-    return [str(k) for k in raw], x
+    return _key_strings(table.column(kc).to_pylist(), p, f"key column {kc!r}"), x
+
+
+def _key_strings(values: list, p: str, where: str) -> list[str]:
+    """Keys read from a file as text: strings as they are, integers in decimal, bytes decoded
+    as UTF-8; nulls and anything else (floats, lists) are refused, never turned into a repr."""
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, int) and not isinstance(v, bool):
+            out.append(str(v))
+        elif isinstance(v, bytes):
+            try:
+                out.append(v.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise InputFileError(f"{p}: {where} row {i} is not UTF-8 text: {v[:40]!r}",
+                                     path=p) from None
+        else:
+            what = "a null" if v is None else f"a {type(v).__name__} ({str(v)[:40]})"
+            raise InputFileError(f"{p}: {where} has {what} in row {i}; keys are text or "
+                                 "integers", path=p)
+    return out
 
 
 # ---------------------------------------------------------------------------- output

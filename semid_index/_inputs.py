@@ -27,7 +27,9 @@ MAX_NAME_LENGTH = 200
 MAX_LEVELS = 64
 MAX_CODEBOOK = 1 << 32
 MAX_SUFFIX = 2**31 - 1  # the suffix column is a 32-bit integer
-FINITE_BLOCK = 65_536  # rows per finiteness check (bounds the temporary of a memmap scan)
+MAX_INT = 2**31 - 2  # versions, limits, batch sizes: 32-bit columns and parameters (limit + 1)
+FINITE_BLOCK = 8192  # rows per finiteness check (bounds the float32 copy of a wider block)
+MAX_NORM = 1e15  # largest embedding norm: k-means computes squared distances in float32
 _DIGITS = re.compile(r"[0-9]{1,10}")
 _CURSOR = re.compile(r"(?P<id>[0-9-]+)(?:@v(?P<version>[0-9]{1,10}))?")
 
@@ -42,6 +44,9 @@ def item_keys(keys, *, allow_duplicates: bool = False) -> list[str]:
         raise ConfigError(f"item keys must be a sequence of keys, got a single {type(keys).__name__}"
                           f" {keys[:40]!r}: wrap it in a list")
     if isinstance(keys, np.ndarray):
+        if keys.ndim != 1:
+            raise ConfigError(f"item keys must be a 1-d sequence, got an array of shape "
+                              f"{keys.shape}")
         keys = keys.tolist()
     try:
         keys = list(keys)
@@ -104,7 +109,8 @@ def embeddings(x, n_keys: int | None, dim: int | None = None,
                keys: Sequence[str] | None = None) -> np.ndarray:
     """A 2-d numeric array (N, D), viewed in place where possible, checked once: numbers,
     2-d, ``n_keys`` rows (when given), not empty, ``dim`` columns (when given), every value
-    finite (the first bad row is named by its key when ``keys`` are given).
+    finite in float32 and every row's norm at most ``MAX_NORM`` (the first bad row is named by
+    its key when ``keys`` are given).
 
     x : numpy array or memmap, torch tensor (any device), nested lists, or the path of a
     ``.npy`` file (memory-mapped, never unpickled)."""
@@ -122,9 +128,8 @@ def embeddings(x, n_keys: int | None, dim: int | None = None,
     if dim is not None and a.shape[1] != dim:
         raise DimensionMismatchError(
             f"embeddings have dim={a.shape[1]} but the index was trained with dim={dim}")
-    if a.dtype.kind == "f":
-        for start in range(0, a.shape[0], FINITE_BLOCK):
-            _check_finite(a[start:start + FINITE_BLOCK], start, keys)
+    for start in range(0, a.shape[0], FINITE_BLOCK):  # integers too: they may be too large
+        _check_finite(a[start:start + FINITE_BLOCK], start, keys)
     return a
 
 
@@ -157,33 +162,43 @@ def load_npy(path) -> np.ndarray:
     """A ``.npy`` file, memory-mapped; never unpickled. Errors name the file."""
     p = str(path)
     try:
-        return np.load(p, mmap_mode="r", allow_pickle=False)
+        a = np.load(p, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise InputFileError(f"no such file: {p!r}", path=p) from None
     except IsADirectoryError:
         raise InputFileError(f"{p!r} is a directory, not a .npy file", path=p) from None
     except PermissionError:
         raise InputFileError(f"{p!r} may not be read by this process", path=p) from None
-    except (ValueError, OSError, EOFError) as e:  # not .npy, truncated, pickled objects
-        raise InputFileError(f"{p!r} is not a readable NumPy .npy array of numbers: {e}",
-                             path=p) from None
+    except Exception as e:  # noqa: BLE001 - not .npy, truncated, pickled objects, a bad zip
+        raise InputFileError(f"{p!r} is not a readable NumPy .npy array of numbers: "
+                             f"{type(e).__name__}: {e}", path=p) from None
+    if not isinstance(a, np.ndarray):  # an .npz archive (whatever its name)
+        a.close()
+        raise InputFileError(f"{p!r} is a NumPy .npz archive, not one .npy array", path=p)
+    return a
 
 
 def _check_finite(block: np.ndarray, offset: int, keys: Sequence[str] | None) -> None:
-    """Raise NonFiniteError naming the first row (and its item key) with NaN/inf; ``block``
-    holds rows ``offset, offset + 1, ...``."""
+    """Raise NonFiniteError naming the first row (and its item key) that has a NaN/inf, a value
+    beyond float32's range, or a norm above ``MAX_NORM`` (its squared distances would overflow
+    the float32 arithmetic of k-means); ``block`` holds rows ``offset, offset + 1, ...``."""
     with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(block.sum(dtype=np.float64)):
-            return
-    bad = ~np.isfinite(block)
-    rows = np.flatnonzero(bad.any(axis=1))
-    if rows.size:
-        r = offset + int(rows[0])
-        col = int(np.flatnonzero(bad[rows[0]])[0])
-        what = f"item {keys[r]!r} (row {r})" if keys is not None else f"row {r}"
+        b = block if block.dtype == np.float32 else block.astype(np.float32)  # overflow: inf
+        ok = np.sqrt(np.einsum("ij,ij->i", b, b)) <= MAX_NORM  # NaN and inf are not <=
+    if ok.all():
+        return
+    r = int(np.flatnonzero(~ok)[0])
+    bad = np.flatnonzero(~np.isfinite(b[r]))
+    what = f"item {keys[offset + r]!r} (row {offset + r})" if keys is not None else \
+        f"row {offset + r}"
+    if bad.size:
         raise NonFiniteError(
-            f"embedding of {what} has a non-finite value (NaN/inf) in column {col}; {rows.size} "
-            "row(s) of this block are affected", row=r, column=col)
+            f"embedding of {what} has a non-finite value (NaN/inf, or beyond float32's range) in "
+            f"column {int(bad[0])}; {int((~ok).sum())} row(s) of this block are affected",
+            row=offset + r, column=int(bad[0]))
+    raise NonFiniteError(
+        f"embedding of {what} is too large (norm above {MAX_NORM:g}): its squared distances "
+        "overflow float32 arithmetic; scale the embeddings down", row=offset + r)
 
 
 # ---------------------------------------------------------------------------- hierarchy
@@ -276,10 +291,11 @@ def index_name(name) -> str:
     return name
 
 
-def positive_int(name: str, value) -> int:
+def positive_int(name: str, value, maximum: int = MAX_INT) -> int:
+    """``value`` as an int in 1..``maximum`` (versions, limits and batch sizes are 32-bit)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or \
-            value < 1:
-        raise ConfigError(f"{name} must be a positive int, got {value!r}")
+            not 1 <= value <= maximum:
+        raise ConfigError(f"{name} must be an int in 1..{maximum}, got {value!r}")
     return int(value)
 
 

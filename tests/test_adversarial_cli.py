@@ -139,6 +139,16 @@ def test_key_files_split_on_newlines_only(tmp_path, db_url):
         read_keys(tmp_path / "blank.txt")
 
 
+def test_byte_keys_in_an_npz_are_text_not_reprs(tmp_path, db_url):
+    x, _ = gaussian_mixture(4, D, 2, seed=1)
+    np.savez(tmp_path / "b.npz", embeddings=x, keys=np.array([b"sku-1", b"sku-2", b"sku-3",
+                                                             "caf\u00e9".encode()]))
+    semid("fit", tmp_path / "b.npz", "-L", "1", "-k", "2", db=db_url)
+    with SemanticIdIndex.open(db_url) as idx:
+        assert sorted(it.key for it in idx.iter_items()) == ["caf\u00e9", "sku-1", "sku-2",
+                                                             "sku-3"]
+
+
 def test_a_null_parquet_key_is_refused(tmp_path, db_url):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator, TypeGuard
 import numpy as np
 import torch
 
-from .._inputs import load_npy
+from .._inputs import MAX_NORM, load_npy
 from ..errors import ConfigError, DimensionMismatchError, EmptyInputError, NonFiniteError
 
 DEFAULT_CHUNK_BYTES = 64 << 20  # rows read at once from a source; bounds streaming memory
@@ -73,17 +73,26 @@ def check_batch(t: torch.Tensor, dim: int | None, *, row_offset: int = 0, name: 
     if dim is not None and t.shape[1] != dim:
         raise DimensionMismatchError(
             f"{name} have dim={t.shape[1]} but {expected_from} dim={dim}")
-    if t.numel() and not bool(torch.isfinite(t.sum())):  # one cheap pass; NaN/inf propagate
-        finite = torch.isfinite(t)
-        if not bool(finite.all()):
-            bad = (~finite).nonzero()
-            rows = bad[:, 0].numpy()
-            rows = row_ids[rows] if row_ids is not None else rows + row_offset
-            first = int(np.argmin(rows))
-            raise NonFiniteError(
-                f"{name} contain {bad.shape[0]} non-finite value(s) (NaN/inf); first at row "
-                f"{int(rows[first])}, column {int(bad[first, 1])}",
-                row=int(rows[first]), column=int(bad[first, 1]))
+    if not t.numel():
+        return
+    norms = torch.linalg.vector_norm(t, dim=1)  # NaN/inf propagate; too large rows overflow
+    ok = norms <= MAX_NORM
+    if bool(ok.all()):
+        return
+    bad_rows = (~ok).nonzero()[:, 0].cpu().numpy()
+    rows = row_ids[bad_rows] if row_ids is not None else bad_rows + row_offset
+    first = int(np.argmin(rows))
+    r = int(bad_rows[first])
+    cols = (~torch.isfinite(t[r])).nonzero()[:, 0]
+    if cols.numel():
+        raise NonFiniteError(
+            f"{name} contain non-finite values (NaN/inf) in {len(bad_rows)} row(s); first at "
+            f"row {int(rows[first])}, column {int(cols[0])}", row=int(rows[first]),
+            column=int(cols[0]))
+    raise NonFiniteError(
+        f"{name}: row {int(rows[first])} is too large (norm above {MAX_NORM:g}): its squared "
+        "distances overflow float32 arithmetic; scale the embeddings down",
+        row=int(rows[first]))
 
 
 class Source:

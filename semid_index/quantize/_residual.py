@@ -185,9 +185,9 @@ class ResidualKMeans(CodesMixin):
         except (RuntimeError, TypeError, ValueError):
             raise ConfigError(f"device {self.device!r} is not a torch device name (e.g. 'cpu', "
                               "'cuda', 'cuda:1')") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device {self.device!r}: this torch build has no usable CUDA "
-                              "device; use device='cpu'")
+        if not _device_available(dev):
+            raise ConfigError(f"device {self.device!r}: this torch build has no usable "
+                              f"{dev.type.upper()} device; use device='cpu'")
         return dev
 
     def _check_fitted(self) -> None:
@@ -466,6 +466,19 @@ class ResidualKMeans(CodesMixin):
     def __repr__(self) -> str:
         return (f"ResidualKMeans(n_levels={self.n_levels}, codebook_size={self.codebook_size}, "
                 f"normalize_residuals={self.normalize_residuals}, mode={self.mode!r})")
+
+
+def _device_available(dev: torch.device) -> bool:
+    """Whether this torch build can compute on ``dev`` (CPU always; CUDA, MPS, XPU when built
+    in and a device is there)."""
+    if dev.type == "cpu":
+        return True
+    if dev.type == "cuda":
+        return torch.cuda.is_available()
+    if dev.type == "mps":
+        return bool(torch.backends.mps.is_available())
+    xpu = getattr(torch, "xpu", None)
+    return dev.type == "xpu" and xpu is not None and bool(xpu.is_available())
 
 
 def _default_init_size(k: int, dim: int) -> int:

@@ -99,10 +99,7 @@ def make_engine(target, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     if isinstance(target, Engine):
         engine, owned = target, False
     else:
-        try:
-            url = make_url(target if hasattr(target, "drivername") else str(target))
-        except exc.ArgumentError as e:
-            raise ConfigError(f"not a database URL: {target!r} ({e})") from None
+        url = _url(target)
         backend = url.get_backend_name()
         if backend not in SUPPORTED:
             raise ConfigError(f"unsupported database {backend!r} in {url!r}: use sqlite:/// or "
@@ -118,6 +115,8 @@ def make_engine(target, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
             raise ConfigError(f"cannot use {url.drivername!r} in {url!r}: {e}; semid_index "
                               "uses sqlite:/// and postgresql+psycopg:// (pip install "
                               "'semid-index[postgres]')") from None
+        except (exc.ArgumentError, ValueError, TypeError) as e:  # e.g. ?timeout=abc
+            raise ConfigError(f"bad database URL {url!r}: {e}") from None
     if engine.dialect.name not in SUPPORTED:
         raise ConfigError(f"unsupported database {engine.dialect.name!r}: semid_index runs on "
                           "SQLite and PostgreSQL")
@@ -137,14 +136,19 @@ def make_engine(target, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     return engine, owned
 
 
+def _url(target):
+    """``target`` (a string or ``sqlalchemy.URL``) as a URL; ConfigError if it is not one."""
+    try:
+        return make_url(target if hasattr(target, "drivername") else str(target))
+    except (exc.ArgumentError, ValueError, TypeError) as e:  # a bad port, an open bracket
+        raise ConfigError(f"not a database URL: {target!r} ({e})") from None
+
+
 def missing_sqlite_file(target) -> bool:
     """True if ``target`` is the URL of a SQLite file that does not exist (nothing is created)."""
     if isinstance(target, Engine):
         return False
-    try:
-        url = make_url(target if hasattr(target, "drivername") else str(target))
-    except exc.ArgumentError:
-        return False
+    url = _url(target)
     db = url.database
     if url.get_backend_name() != "sqlite" or not db:
         return False
