@@ -101,20 +101,20 @@ class IndexReads:
         version = _inputs.version_number(version)
         after = None
         if cursor is not None:
-            levels, suffix, at = _inputs.cursor(cursor, rec.codebook_sizes, pre)
-            if at is not None and version is not None and at != version:
-                raise ConfigError(f"cursor {cursor!r} pages version {at}, not version {version}")
-            version = at if at is not None else version
-            after = (levels, suffix)
-        with self._store.serving(self._op("read a prefix page")):
-            rows = self._store.reads.page(rec, version, pre, limit + 1, after)
-        if not rows:  # an empty prefix, or no such version / index any more: say which
+            last, suffix, of = _inputs.cursor(cursor, rec.codebook_sizes, pre)
+            if of is not None and version is not None and of != version:
+                raise ConfigError(f"cursor {cursor!r} pages version {of}, not version {version}")
+            version = of if of is not None else version
+            after = (last, suffix)
+        self._store.check_open()
+        at, keys, levels, suffixes = self._store.reads.page(rec, version, pre, limit + 1, after)
+        if at is None:  # an empty prefix, or no such version / index any more: say which
             with self._store.read(self._op("read a prefix page")) as conn:
                 at = self._space(conn, version).version
             return PrefixPage([], None, at)
-        at = rows[0][3]
-        page = [_new_tuple(IndexedItem, (k, _make_id(lv, s))) for k, lv, s, _ in rows[:limit]]
-        more = f"{page[-1].id}@v{at}" if len(rows) > limit else None
+        page = [_new_tuple(IndexedItem, (k, _make_id(lv, s)))
+                for k, lv, s in zip(keys, levels[:limit], suffixes)]
+        more = f"{page[-1].id}@v{at}" if len(keys) > limit else None
         return PrefixPage(page, more, at)
 
     def count(self, prefix=(), *, version: int | None = None) -> int:

@@ -12,8 +12,8 @@ Only this module knows the bytes: the rest of storage hands it (N, L) arrays and
 >>> keys = layout.pack(np.array([[12, 201, 7]]))
 >>> keys[0].hex()
 '000c00c90007'
->>> layout.levels(keys[0]), layout.unpack(keys).tolist()
-((12, 201, 7), [[12, 201, 7]])
+>>> layout.levels(keys), layout.unpack(keys).tolist()
+([(12, 201, 7)], [[12, 201, 7]])
 >>> [k.hex() for k in layout.range((12, 201))]
 ['000c00c9', '000c00ca']
 """
@@ -21,7 +21,7 @@ Only this module knows the bytes: the rest of storage hands it (N, L) arrays and
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -79,15 +79,15 @@ class CodeLayout:
         return np.frombuffer(buf, dtype=self._dtype).reshape(len(keys), self.n_levels) \
             .astype(np.int64)
 
-    def levels(self, key: bytes) -> tuple[int, ...]:
-        """One stored key -> its level codes (the per-row form of :meth:`unpack`)."""
+    def levels(self, keys: Iterable[bytes]) -> list[tuple[int, ...]]:
+        """Stored keys -> their level codes as tuples (the row form of :meth:`unpack`, for
+        results made of Python objects; one C-level pass)."""
         try:
-            return self._unpack(key)
+            return list(map(self._unpack, keys))
         except struct.error:
             raise InvalidCodesError(
-                f"a stored code has {len(key)} bytes, not {self.n_levels} levels of "
-                f"{self.width} bytes: the items table does not belong to this index's "
-                "layout") from None
+                f"a stored code is not {self.n_levels} levels of {self.width} bytes: the items "
+                "table does not belong to this index's layout") from None
 
     def range(self, prefix: Sequence[int]) -> tuple[bytes, bytes | None]:
         """Key range ``[lo, hi)`` holding every code that starts with ``prefix`` (depth 0..L);

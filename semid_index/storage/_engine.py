@@ -194,7 +194,7 @@ class Transactions:
             self.engine.dispose()
         self.closed = True
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
         if self.closed:
             raise StoreClosedError(f"the index on {self.url} is closed")
 
@@ -202,7 +202,7 @@ class Transactions:
     def read(self, operation: str = "read", *, snapshot: bool = False) -> Iterator[Connection]:
         """A connection for reading. ``snapshot`` makes several statements see one state (on
         SQLite an explicit ``BEGIN``; PostgreSQL uses REPEATABLE READ)."""
-        self._check_open()
+        self.check_open()
         with self.translate(operation), self.engine.connect() as conn:
             if snapshot:
                 if self.dialect == "sqlite":
@@ -218,7 +218,7 @@ class Transactions:
     def write(self, operation: str = "write") -> Iterator[Connection]:
         """One transaction: committed when the block ends, rolled back when it raises. Waits
         at most ``busy_timeout`` seconds for another writer."""
-        self._check_open()
+        self.check_open()
         if self.read_only:
             raise ReadOnlyDatabaseError(f"{operation}: {self.url} is read-only here (the file "
                                         "or its directory may not be written by this process)",
@@ -233,14 +233,6 @@ class Transactions:
                 yield conn
             if self.wal is not None:
                 self.wal.committed(driver_connection(conn), conn.connection.info)
-
-    @contextlib.contextmanager
-    def serving(self, operation: str) -> Iterator[None]:
-        """For reads on the held serving connections: checks the store is open and translates
-        driver errors like ``read()``."""
-        self._check_open()
-        with self.translate(operation):
-            yield
 
     @contextlib.contextmanager
     def translate(self, operation: str) -> Iterator[None]:

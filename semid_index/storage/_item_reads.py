@@ -7,7 +7,7 @@ carry level tuples or (N, L) arrays. Byte keys never leave storage.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from typing import NamedTuple
 
@@ -17,15 +17,25 @@ from sqlalchemy.engine import Connection
 
 from ._catalog import IndexRecord, Space
 from ._schema import items, retired
-from ._sql import Readers, driver_connection, key_probe_sql, prefix_page_sql
+from ._sql import SQLITE_VERSION, Readers, driver_connection, key_probe_sql, prefix_page_sql
 
-__all__ = ["Found", "ItemReads", "IN_CHUNK", "PG_CHUNK"]
+__all__ = ["Found", "ItemReads", "IN_CHUNK", "PG_CHUNK", "Page"]
 
 IN_CHUNK = 2000  # keys per IN (...) list on SQLite (far below its 32,766 parameters)
 PG_CHUNK = 5000  # keys / codes per array parameter on PostgreSQL
 
 Levels = tuple[int, ...]
 Row = tuple[str, Levels, int]  # (item key, level codes, suffix)
+
+
+class Page(NamedTuple):
+    """A prefix page as columns: the version it was read from, and per item its key, level
+    codes and suffix, ordered by ID."""
+
+    version: int | None
+    keys: Sequence[str]
+    levels: list[Levels]
+    suffixes: Sequence[int]
 
 
 class Found(NamedTuple):
@@ -44,9 +54,11 @@ class ItemReads:
     """Item reads of one database (``dialect``) through the caller's connections; the serving
     path (:meth:`page`) on this thread's held connection."""
 
-    def __init__(self, dialect: str, readers: Readers):
+    def __init__(self, dialect: str, readers: Readers,
+                 translate: Callable[[BaseException, str], Exception | None]):
         self.dialect = dialect
         self._readers = readers
+        self._translate = translate
         self._page_sql = prefix_page_sql(dialect)
         self._probe_sql = key_probe_sql(dialect)
 
@@ -56,7 +68,6 @@ class ItemReads:
         and the lookup of a read)."""
         pg = self.dialect == "postgresql"
         chunk = PG_CHUNK if pg else IN_CHUNK
-        levels = space.layout.levels
         out: dict[str, Found] = {}
         with closing(driver_connection(conn).cursor()) as cur:
             for a in range(0, len(keys), chunk):
@@ -67,17 +78,19 @@ class ItemReads:
                 else:
                     cur.execute(self._probe_sql.format(keys=", ".join("?" * len(part))),
                                 (space.index_id, space.version, *part))
-                for k, code, suffix, fp in cur.fetchall():
-                    out[k] = Found(levels(bytes(code)), suffix, fp)
+                rows = cur.fetchall()
+                levels = space.layout.levels(r[1] for r in rows)
+                out.update((r[0], Found(lv, r[2], r[3])) for r, lv in zip(rows, levels))
         return out
 
     # ------------------------------------------------------------------ by prefix
     def page(self, rec: IndexRecord, version: int | None, prefix: Levels, limit: int,
-             after: tuple[Levels, int] | None = None) -> list[tuple[str, Levels, int, int]]:
-        """Serving path: at most ``limit`` items (key, levels, suffix, version) under
-        ``prefix``, after the ID ``after`` = (levels, suffix), ordered by ID, in ONE statement on
-        this thread's held connection. ``version`` None reads the active version, resolved in
-        that statement; no rows when the version is missing or the index was dropped."""
+             after: tuple[Levels, int] | None = None) -> Page:
+        """Serving path: at most ``limit`` items under ``prefix``, after the ID ``after`` =
+        (levels, suffix), ordered by ID, in ONE statement on this thread's held connection, as
+        columns (version, keys, levels, suffixes). ``version`` None reads the active version,
+        resolved in that statement; no rows (version None) when the version is missing or the
+        index was dropped."""
         lay = rec.layout
         lo, hi = lay.range(prefix)
         params = {"ix": rec.id, "stamp": rec.stamp, "v": version, "lo": lo, "n": limit}
@@ -86,10 +99,26 @@ class ItemReads:
         if after is not None:
             params["ac"] = lay.pack(np.array([after[0]]))[0]
             params["asuf"] = after[1]
-        rows = self._readers.fetchall(self._page_sql[(hi is not None, after is not None)],
-                                      params)
-        levels = lay.levels
-        return [(k, levels(bytes(c)), s, v) for k, c, s, v in rows]
+        sql = self._page_sql[(hi is not None, after is not None)]
+        try:
+            if self.dialect == "sqlite":
+                at = self._readers.fetchall(SQLITE_VERSION, params)
+                params["v"] = at[0][0] if at else None
+                rows = [] if params["v"] is None else self._readers.fetchall(sql, params)
+            else:
+                rows = self._readers.fetchall(sql, params)
+        except Exception as e:  # noqa: BLE001 - the driver's errors become typed ones
+            typed = self._translate(e, f"read a prefix page of index {rec.name!r}")
+            if typed is None:
+                raise
+            raise typed from e
+        if not rows:
+            return Page(None, (), [], ())
+        if self.dialect == "sqlite":
+            keys, codes, suffixes = zip(*rows)
+            return Page(params["v"], keys, lay.levels(codes), suffixes)
+        keys, codes, suffixes, versions = zip(*rows)
+        return Page(versions[0], keys, lay.levels(codes), suffixes)
 
     def prefix_rows(self, conn: Connection, space: Space, prefix: Levels, limit: int,
                     exclude: Levels | None = None) -> list[Row]:
@@ -104,8 +133,9 @@ class ItemReads:
             conds.append(or_(*outside))
         stmt = (select(items.c.item_key, items.c.code, items.c.suffix).where(*conds)
                 .order_by(items.c.code, items.c.suffix).limit(limit))
-        levels = space.layout.levels
-        return [(k, levels(bytes(c)), s) for k, c, s in conn.execute(stmt)]
+        rows = conn.execute(stmt).all()
+        levels = space.layout.levels(bytes(r[1]) for r in rows)
+        return [(r[0], lv, r[2]) for r, lv in zip(rows, levels)]
 
     def count(self, conn: Connection, space: Space, prefix: Levels) -> int:
         lo, hi = space.layout.range(prefix)
@@ -198,6 +228,9 @@ class ItemReads:
         stmt = union_all(both, only_new).order_by("k")
         result = conn.execution_options(stream_results=True, yield_per=10_000).execute(stmt)
         levels = old.layout.levels
-        for key, oc, os_, nc, ns in result:
-            yield (key, None if oc is None else (levels(bytes(oc)), os_),
-                   None if nc is None else (levels(bytes(nc)), ns))
+        for rows in result.partitions():
+            olds = levels(bytes(r[1]) for r in rows if r[1] is not None)[::-1]
+            news = levels(bytes(r[3]) for r in rows if r[3] is not None)[::-1]
+            for key, oc, os_, nc, ns in rows:
+                yield (key, None if oc is None else (olds.pop(), os_),
+                       None if nc is None else (news.pop(), ns))

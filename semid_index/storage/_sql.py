@@ -32,17 +32,21 @@ def code_range(dialect: str, has_hi: bool, lo: str = "lo", hi: str = "hi",
 
 
 def _prefix_page(dialect: str, has_hi: bool, has_after: bool) -> str:
-    """One page of a prefix on the serving path. The version is resolved in the statement:
-    ``v`` if given, else the index's active version, and only while the index row still has
-    the id *and* creation stamp the caller knows (a dropped index yields no rows)."""
+    """One page of a prefix on the serving path.
+
+    PostgreSQL resolves the version in the statement (one round trip): ``v`` if given, else the
+    index's active version, and only while the index row still has the id *and* creation stamp
+    the caller knows (a dropped index yields no rows); every row carries the version. SQLite
+    takes the version as ``v``, resolved just before by :data:`SQLITE_VERSION` on the same
+    connection: an extra column costs more there than an extra statement."""
     p = _ph(dialect)
-    where = [f"index_id = {p('ix')}",
-             f"version = (SELECT coalesce({p('v')}, active_version) FROM semid_indexes "
-             f"WHERE id = {p('ix')} AND created_at = {p('stamp')})",
-             code_range(dialect, has_hi)]
+    pg = dialect == "postgresql"
+    version = (f"(SELECT coalesce({p('v')}, active_version) FROM semid_indexes WHERE "
+               f"id = {p('ix')} AND created_at = {p('stamp')})") if pg else p("v")
+    where = [f"index_id = {p('ix')}", f"version = {version}", code_range(dialect, has_hi)]
     if has_after:
         where.append(f"code >= {p('ac')} AND (code > {p('ac')} OR suffix > {p('asuf')})")
-    return ("SELECT item_key, code, suffix, version FROM semid_items WHERE "
+    return (f"SELECT item_key, code, suffix{', version' if pg else ''} FROM semid_items WHERE "
             + " AND ".join(where) + f" ORDER BY code, suffix LIMIT {p('n')}")
 
 
@@ -50,6 +54,12 @@ def prefix_page_sql(dialect: str) -> dict[tuple[bool, bool], str]:
     """[(has upper bound, has cursor)] -> statement, see :func:`_prefix_page`."""
     return {(hi, after): _prefix_page(dialect, hi, after)
             for hi in (False, True) for after in (False, True)}
+
+
+# SQLite's serving path: the version a page reads (``v`` if given, else the active one), while
+# the index row has the id and creation stamp the caller knows.
+SQLITE_VERSION = ("SELECT coalesce(:v, active_version) FROM semid_indexes WHERE id = :ix AND "
+                  "created_at = :stamp")
 
 
 def key_probe_sql(dialect: str) -> str:
@@ -97,8 +107,8 @@ def driver_connection(conn: Connection) -> Any:
 
 
 class Readers:
-    """One held DBAPI connection per thread for single-statement reads (detached from the
-    pool; PostgreSQL ones in autocommit mode, so a read costs one round trip)."""
+    """One held DBAPI connection and cursor per thread for single-statement reads (detached
+    from the pool; PostgreSQL ones in autocommit mode, so a read costs one round trip)."""
 
     def __init__(self, engine):
         self._engine = engine
@@ -106,30 +116,26 @@ class Readers:
         self._all: list = []
         self._lock = threading.Lock()
 
-    def _conn(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+    def _cursor(self):
+        cur = getattr(self._local, "cur", None)
+        if cur is None:
             proxy = self._engine.raw_connection()
             conn = proxy.driver_connection
             proxy.detach()  # ours until close(); never handed back in autocommit mode
             if self._engine.dialect.name == "postgresql":
                 conn.autocommit = True
-            self._local.conn = conn
+            cur = self._local.cur = conn.cursor()
             with self._lock:
                 self._all.append(proxy)
-        return conn
+        return cur
 
     def fetchall(self, sql: str, params: dict[str, Any]) -> list:
-        conn = self._conn()
+        cur = self._cursor()
         try:
-            cur = conn.cursor()
-            try:
-                cur.execute(sql, params)
-                return cur.fetchall()
-            finally:
-                cur.close()
+            cur.execute(sql, params)
+            return cur.fetchall()
         except Exception:
-            self._local.conn = None  # a broken connection is replaced on the next read
+            self._local.cur = None  # a broken connection is replaced on the next read
             raise
 
     def close(self) -> None:

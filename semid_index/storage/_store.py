@@ -12,7 +12,7 @@ Numpy and SQLAlchemy only (a serving process that looks IDs up never imports tor
 from __future__ import annotations
 
 from ._catalog import Catalog
-from ._engine import DEFAULT_BUSY_TIMEOUT, Transactions, make_engine
+from ._engine import DEFAULT_BUSY_TIMEOUT, Transactions, make_engine, translate_error
 from ._item_reads import ItemReads
 from ._item_writes import ItemWrites
 from ._migrate import check_schema, upgrade
@@ -35,12 +35,15 @@ class Store(Transactions):
         super().__init__(engine, owned, timeout)
         self._readers = Readers(engine)
         self.catalog = Catalog(self.dialect, self.url)
-        self.reads = ItemReads(self.dialect, self._readers)
+        self.reads = ItemReads(self.dialect, self._readers, self._translate_error)
         self.writes = ItemWrites(self.dialect, self.url)
 
     def close(self) -> None:
         self._readers.close()
         super().close()
+
+    def _translate_error(self, e: BaseException, operation: str) -> Exception | None:
+        return translate_error(e, operation, self.url, self.busy_timeout)
 
     def upgrade_schema(self) -> tuple[str | None, str]:
         """Apply pending revisions (one transaction); (revision before, revision after)."""
