@@ -36,6 +36,8 @@ from semid_index import SemanticId, SemanticIdError, SemanticIdIndex
 from conftest import BACKENDS, dump_tables, gaussian_mixture
 
 ROOT = Path(__file__).resolve().parent.parent
+# the old spellings of missing= are fuzzed too; their DeprecationWarning is expected
+pytestmark = pytest.mark.filterwarnings("ignore:missing=.*is now spelled:DeprecationWarning")
 N, DIM, SIZES = 600, 8, [4, 4, 4]
 KEYS = [f"k{i}" for i in range(N)]
 SMALL_N, SMALL_DIM = 16, 4  # the little index "fitme" that fit() is fuzzed on
