@@ -43,16 +43,13 @@ SEED_SCRIPT = textwrap.dedent("""
     embeddings = torch.from_numpy(
         (centers[rng.integers(0, 10, 4000)] + rng.normal(size=(4000, 8))).astype("float32"))
 
-    # Create model
-    model = ResidualQuantization(
-        n_layers=3,
-        quantization_layer=MiniBatchKMeans(
-            n_clusters=8, n_features=8,
-            distance_function=SquaredEuclideanDistance(),
-            initializer=KMeansPlusPlusInitInitializer(
-                n_clusters=8, distance_function=SquaredEuclideanDistance())),
-        normalize_residuals=True,
-        train_layer_wise=True)
+    # Create model (the README's "..." filled in: a layer of 8 clusters over 8-d embeddings)
+    distance = SquaredEuclideanDistance()
+    seeding = KMeansPlusPlusInitInitializer(n_clusters=8, distance_function=distance)
+    layer = MiniBatchKMeans(n_clusters=8, n_features=8, distance_function=distance,
+                            initializer=seeding)
+    model = ResidualQuantization(n_layers=3, quantization_layer=layer, normalize_residuals=True,
+                                 train_layer_wise=True)
 
     # Train
     model.train()

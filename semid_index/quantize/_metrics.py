@@ -35,7 +35,7 @@ class QualityReport:
 
     def __str__(self) -> str:
         lines = [f"items: {self.n_items}   relative error: {self.relative_error:.4f}   "
-                 f"unique full codes: {self.n_distinct_codes} "
+                 f"distinct full codes: {self.n_distinct_codes} "
                  f"({self.unique_share[-1]:.1%})   largest group: {self.largest_group}",
                  "level    K  used  dead  util  entropy(bits)  perplexity  inertia"]
         for s, inert in zip(self.levels, self.inertia):
