@@ -25,9 +25,8 @@ from ._index_model import IndexModel, _bar
 from ._index_reads import _raise_unknown
 from .errors import (ConfigError, DimensionMismatchError)
 from .ids import SemanticId
-from .storage import IndexRecord, Store
+from .storage import IndexRecord, Store, missing_sqlite_file
 from .storage import _migrate
-from .storage._engine import missing_sqlite_file
 
 if TYPE_CHECKING:
     from .quantize import ResidualKMeans
