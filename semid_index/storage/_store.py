@@ -15,7 +15,7 @@ from ._catalog import Catalog
 from ._engine import DEFAULT_BUSY_TIMEOUT, Transactions, make_engine, translate_error
 from ._item_reads import ItemReads
 from ._item_writes import ItemWrites
-from ._migrate import check_schema, upgrade
+from ._migrate import upgrade
 from ._sql import Readers
 
 __all__ = ["Store"]
@@ -49,8 +49,3 @@ class Store(Transactions):
         """Apply pending revisions (one transaction); (revision before, revision after)."""
         with self.write("upgrade the schema") as conn:
             return upgrade(conn, self.url)
-
-    def check_schema(self) -> None:
-        """Raise :class:`~semid_index.errors.SchemaError` unless the schema is current."""
-        with self.read("check the schema") as conn:
-            check_schema(conn, self.url)
