@@ -9,6 +9,10 @@ Names used across the library, API and CLI alike:
   shares (every member of a group of two or more), and their share of all items;
 - ``n_suffixed`` / ``suffixed_share`` (:class:`~semid_index.IndexStats`): items whose suffix is
   > 0, i.e. every collided item but the first of its group.
+
+Balance of a level (:class:`LevelStats`) is measured over all K codes, dead codes counting as
+size 0: ``gini`` (0 = every code holds as many items, (K-1)/K = every item in one code),
+``size_min`` / ``size_max`` and ``size_cv`` (std / mean of the K sizes).
 """
 
 from __future__ import annotations
@@ -35,6 +39,47 @@ class LevelStats:
     entropy_bits: float   #: Shannon entropy of the code distribution, bits
     perplexity: float     #: 2 ** entropy: the "effective" number of codes
     largest_share: float  #: share of items in the most popular code
+    gini: float           #: Gini coefficient of the K code sizes (dead = 0): 0 = uniform
+    size_min: int         #: items in the smallest of the K codes (0 if any code is dead)
+    size_max: int         #: items in the largest code
+    size_cv: float        #: coefficient of variation (population std / mean) of the K sizes
+
+
+def _balance(counts: np.ndarray, k: int, n: int) -> tuple[float, int, int, float]:
+    """Gini, min, max and coefficient of variation of the sizes of all ``k`` codes of a level,
+    from ``counts`` (used,) float64, the sizes of the codes that occur (each >= 1, summing to
+    ``n``); the ``k - used`` dead codes count as zeros without being allocated.
+
+    Gini over sizes sorted ascending s_1..s_K is ``2 * sum(i * s_i) / (K * n) - (K + 1) / K``;
+    with z = K - used leading zeros and the used counts c_1..c_used ascending it is
+    ``(z + 2 * sum(j * c_j) / n - used - 1) / K``.
+    """
+    used = len(counts)
+    zeros = k - used
+    c = np.sort(counts)
+    ranked = float((np.arange(1, used + 1, dtype=np.float64) * c).sum())
+    gini = (zeros + 2.0 * ranked / n - used - 1.0) / k
+    mean = n / k
+    sq_dev = float(((c - mean) ** 2).sum()) + zeros * mean * mean
+    cv = float(np.sqrt(sq_dev / k)) / mean
+    return (min(max(float(gini), 0.0), 1.0), 0 if zeros else int(c[0]), int(c[-1]), cv)
+
+
+def check_codes(codes, codebook_sizes: Sequence[int], what: str = "codes") -> np.ndarray:
+    """``codes`` as an (N, L) integer array with every code inside 0..K-1 of its level's
+    codebook size; raises :class:`InvalidCodesError` (wrong shape, type or range) or
+    :class:`EmptyInputError` (N = 0). ``what`` names the array in the messages."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[1] != len(codebook_sizes) or not codebook_sizes:
+        raise InvalidCodesError(f"{what} must have shape (N, L) with L = {len(codebook_sizes)} "
+                                f"codebook sizes >= 1, got {codes.shape}")
+    if codes.shape[0] == 0:
+        raise EmptyInputError(f"no {what}: statistics need at least one item")
+    if codes.dtype.kind not in "iu" or (codes.min(axis=0) < 0).any() or \
+            (codes.max(axis=0) >= np.asarray(codebook_sizes)).any():
+        raise InvalidCodesError(f"{what} must be integers inside 0..K-1 for codebook sizes "
+                                f"{list(codebook_sizes)}")
+    return codes
 
 
 def code_statistics(codes: np.ndarray, codebook_sizes: Sequence[int]) -> dict:
@@ -44,17 +89,13 @@ def code_statistics(codes: np.ndarray, codebook_sizes: Sequence[int]) -> dict:
     (distinct prefixes / N at depth 1..L), ``n_distinct_codes``, ``n_collided`` (items whose
     full code another item shares), ``collided_share`` (``n_collided`` / N) and
     ``largest_group`` (the most items sharing one full code).
+
+    >>> lv = code_statistics(np.array([[0], [1], [1], [2], [2], [2], [3], [3], [3], [3]]),
+    ...                      [4])["levels"][0]
+    >>> round(lv.gini, 4), lv.size_min, lv.size_max, round(lv.size_cv, 4)
+    (0.25, 1, 4, 0.4472)
     """
-    codes = np.asarray(codes)
-    if codes.ndim != 2 or codes.shape[1] != len(codebook_sizes) or not codebook_sizes:
-        raise InvalidCodesError(f"codes must have shape (N, L) with L = {len(codebook_sizes)} "
-                                f"codebook sizes >= 1, got {codes.shape}")
-    if codes.shape[0] == 0:
-        raise EmptyInputError("no codes: statistics need at least one item")
-    if codes.dtype.kind not in "iu" or (codes.min(axis=0) < 0).any() or \
-            (codes.max(axis=0) >= np.asarray(codebook_sizes)).any():
-        raise InvalidCodesError(f"codes must be integers inside 0..K-1 for codebook sizes "
-                                f"{list(codebook_sizes)}")
+    codes = check_codes(codes, codebook_sizes)
     n, n_levels = codes.shape
     levels = []
     for lv, k in enumerate(codebook_sizes):
@@ -66,8 +107,10 @@ def code_statistics(codes: np.ndarray, codebook_sizes: Sequence[int]) -> dict:
         p = counts / n
         ent = float(-(p * np.log2(p)).sum())
         used = int(len(counts))
+        gini, size_min, size_max, size_cv = _balance(counts, int(k), n)
         levels.append(LevelStats(lv + 1, int(k), used, int(k) - used, used / k, ent,
-                                 float(2.0 ** ent), float(counts.max() / n)))
+                                 float(2.0 ** ent), float(counts.max() / n), gini=gini,
+                                 size_min=size_min, size_max=size_max, size_cv=size_cv))
     unique_share = []
     full_counts: np.ndarray | None = None
     fits = float(np.prod([float(k) for k in codebook_sizes])) < 2.0 ** 62

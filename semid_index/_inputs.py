@@ -233,12 +233,14 @@ def _int(lo: int, hi: float = math.inf, none: bool = False):
     return check
 
 
-def _number(lo: float, strict: bool = False):
+def _number(lo: float, strict: bool = False, none: bool = False, finite: bool = False):
     def check(v) -> bool:
-        return isinstance(v, (int, float, np.integer, np.floating)) and \
-            not isinstance(v, (bool, np.bool_)) and not math.isnan(v) and \
-            bool(v > lo if strict else v >= lo)
-    check.__doc__ = f"a number {'>' if strict else '>='} {lo}"
+        return (none and v is None) or (
+            isinstance(v, (int, float, np.integer, np.floating)) and
+            not isinstance(v, (bool, np.bool_)) and not math.isnan(v) and
+            (math.isfinite(v) or not finite) and bool(v > lo if strict else v >= lo))
+    check.__doc__ = f"a {'finite ' if finite else ''}number {'>' if strict else '>='} {lo}" + \
+        (" or None" if none else "")
     return check
 
 
@@ -252,6 +254,12 @@ def _device(v) -> bool:
     return isinstance(v, str) and re.fullmatch(r"(cpu|cuda|mps|xpu)(:[0-9]{1,3})?", v) is not None
 
 
+def _balance(v) -> bool:
+    """None, a finite number >= 0, or a list of one such number or None per level"""
+    one = _number(0, none=True, finite=True)
+    return one(v) or (isinstance(v, (list, tuple)) and len(v) > 0 and all(one(e) for e in v))
+
+
 def _mode(v) -> bool:
     """'default' or 'grid'"""
     return v in ("default", "grid")
@@ -262,9 +270,11 @@ MODEL_OPTIONS = {
     "normalize_residuals": _flag, "train_layer_wise": _flag, "batch_size": _int(1),
     "max_epochs": _number(0, strict=True), "max_steps": _int(0, none=True), "tol": _number(0),
     "max_no_improvement": _int(1, none=True), "init_size": _int(1, none=True),
-    "n_init_trials": _int(1, none=True), "reassign_empty": _flag, "n_polish": _int(0),
-    "polish_tol": _number(0), "train_size": _int(1, none=True), "check_input": _flag,
+    "n_init_trials": _int(1, none=True), "reassign_empty": _flag,
+    "n_polish": _int(0, none=True), "polish_tol": _number(0, none=True),
+    "train_size": _int(1, none=True), "check_input": _flag,
     "seed": _int(-2**63, 2**64 - 1), "device": _device, "mode": _mode,
+    "exact_work": _number(0), "balance": _balance,
 }
 
 

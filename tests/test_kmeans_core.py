@@ -119,7 +119,8 @@ def test_reassignment_revives_a_dead_centroid():
 def test_lloyd_step_is_exact_and_fills_empty_codes():
     x = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0], [13.0]])
     level = KMeansLevel(torch.tensor([[0.5], [11.0], [500.0]]))  # code 2 starts empty
-    labels, counts, inertia = lloyd(level, x, n_iter=1, tol=0.0)
+    res = lloyd(level, x, n_iter=1, tol=0.0)
+    labels, counts, inertia = res.labels, res.counts, res.inertia
     # Lloyd step: labels 0,0,0,1,1,1 -> means 1 and 34/3; code 2 is empty and re-seeded on the
     # row farthest from its new centroid, 13 (16/9 beats 1 for rows 0 and 2)
     assert level.centroids[:, 0].tolist() == pytest.approx([1.0, 34 / 3, 13.0])
@@ -135,7 +136,8 @@ def test_lloyd_equals_a_float64_reference():
     seeds = kmeans_plusplus(x, 32, torch.Generator().manual_seed(0))
     for n_iter in (1, 3, 8):
         level = KMeansLevel(seeds.clone())
-        labels, counts, inertia = lloyd(level, x, n_iter, tol=0.0, rows=700)
+        res = lloyd(level, x, n_iter, tol=0.0, rows=700)
+        labels, counts, inertia = res.labels, res.counts, res.inertia
         c = seeds.clone().double()
         xd = x.double()
         for _ in range(n_iter):

@@ -165,6 +165,10 @@ class CodesMixin:
                   "normalize_residuals": bool(self.normalize_residuals),
                   "residual_scales": [float(v) for v in self.residual_scales_]}
         arrays = {f"codebook_{i}": c for i, c in enumerate(self.get_codebooks())}
+        prices = self.get_prices()
+        if prices is not None:
+            header["prices"] = True
+            arrays.update({f"prices_{i}": p for i, p in enumerate(prices)})
         # the keys are codebook_<i>, never savez's allow_pickle; mypy matches
         # **dict[str, ndarray] against that bool keyword too
         np.savez(path, header=np.array(json.dumps(header)), **arrays)  # type: ignore[arg-type]
@@ -187,6 +191,8 @@ class CodesMixin:
                 sizes, dim = header["codebook_sizes"], header["n_features"]
                 books = [f[f"codebook_{i}"] for i in range(len(sizes))]
                 normalize, scales = header["normalize_residuals"], header["residual_scales"]
+                prices = [f[f"prices_{i}"] for i in range(len(sizes))] \
+                    if header.get("prices") else None
         except ModelFileError:
             raise
         except FileNotFoundError:
@@ -199,10 +205,25 @@ class CodesMixin:
                 raise ModelFileError(
                     f"{path}: codebook {i + 1} has shape {b.shape} and dtype {b.dtype}, header "
                     f"says ({k}, {dim}) float32")
+        for i, (p, k) in enumerate(zip(prices or [], sizes)):
+            if p.dtype != np.float32 or p.ndim != 2 or p.shape[1] != k or \
+                    not np.isfinite(p).all():
+                raise ModelFileError(f"{path}: prices {i + 1} have shape {p.shape} and dtype "
+                                     f"{p.dtype}, expected (G, {k}) finite float32")
         return cls.from_codebooks(books, normalize_residuals=bool(normalize),
-                                  residual_scales=scales, device=device)
+                                  residual_scales=scales, prices=prices, device=device)
 
     def get_codebooks(self) -> list[np.ndarray]:
         """Codebooks as float32 numpy arrays, one (K_l, D) array per level."""
         self._check_fitted()
         return [c.detach().cpu().numpy().astype(np.float32, copy=True) for c in self.codebooks_]
+
+    def get_prices(self) -> list[np.ndarray] | None:
+        """Per-code prices of a balanced fit as float32 arrays, one (G_l, K_l) per level (G_1 = 1,
+        G_l = K_(l-1): a row per parent code); None when every price is zero (plain
+        nearest-centroid encoding)."""
+        self._check_fitted()
+        prices = getattr(self, "prices_", None)
+        if not prices or not any(bool(p.any()) for p in prices):
+            return None
+        return [p.detach().cpu().numpy().astype(np.float32, copy=True) for p in prices]

@@ -117,34 +117,57 @@ def min_rows(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Codebook:
-    """Precomputed GEMM operands of one codebook: centroids (K, D), -2C and ||c||^2."""
+    """Precomputed GEMM operands of one codebook: centroids (K, D), -2C and ||c||^2, and the
+    prices of a balanced fit.
 
-    __slots__ = ("centroids", "neg2c", "cnorm")
+    ``price`` (G, K), when given, is added to every code's squared distance before the argmin:
+    row ``g`` for items whose code at the level above is ``g`` (G = 1 at the first level). These
+    are the prices of balanced training (:mod:`._balance`), under which the items of each parent
+    code spread near-evenly over this level's codes. Distances returned by :meth:`nearest` are
+    true squared distances (the price is not in them).
+    """
 
-    def __init__(self, centroids: torch.Tensor):
+    __slots__ = ("centroids", "neg2c", "cnorm", "price")
+
+    def __init__(self, centroids: torch.Tensor, price: torch.Tensor | None = None):
         self.centroids = centroids
         self.neg2c = (-2.0 * centroids).contiguous()
         self.cnorm = (centroids * centroids).sum(1)
+        self.price = None if price is None or not bool(price.any()) else price
 
-    def nearest(self, x: torch.Tensor, *, with_dist: bool = False):
-        """Nearest centroid of every row of x (B, D): labels (B,) int64 [, squared dist (B,)].
+    def priced(self, s: torch.Tensor, parent: torch.Tensor | None) -> torch.Tensor:
+        """Add the prices to scores s (B, K) in place, row by row of the items' parent codes."""
+        if self.price is not None:
+            s.add_(self.price[0] if self.price.shape[0] == 1 or parent is None
+                   else self.price.index_select(0, parent))
+        return s
+
+    def nearest(self, x: torch.Tensor, *, with_dist: bool = False,
+                parent: torch.Tensor | None = None):
+        """Nearest centroid of every row of x (B, D) (under the prices, for items whose code at
+        the level above is ``parent`` (B,)): labels (B,) int64 [, squared dist (B,)].
 
         Processed in row blocks so the score matrix stays small for any K.
         """
         k = self.centroids.shape[0]
         rows = block_rows(k)
         if x.shape[0] <= rows:
-            return self._nearest(x, with_dist)
-        parts = [self._nearest(x[a:a + rows], with_dist) for a in range(0, x.shape[0], rows)]
+            return self._nearest(x, with_dist, parent)
+        parts = [self._nearest(x[a:a + rows], with_dist,
+                               None if parent is None else parent[a:a + rows])
+                 for a in range(0, x.shape[0], rows)]
         if with_dist:
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         return torch.cat(parts)
 
-    def _nearest(self, x, with_dist):
-        s = scores(x, self.neg2c, self.cnorm)
+    def _nearest(self, x, with_dist, parent):
+        s = self.priced(scores(x, self.neg2c, self.cnorm), parent)
         if not with_dist:
             return argmin_rows(s)
-        m, lab = min_rows(s)
+        lab = argmin_rows(s)
+        m = ((self.centroids.index_select(0, lab) * x).sum(1).mul_(-2.0)
+             .add_(self.cnorm.index_select(0, lab))) if self.price is not None else \
+            s.gather(1, lab.unsqueeze(1)).squeeze(1)
         return lab, m.add_(row_sq_norms(x)).clamp_(min=0.0)
 
 
@@ -216,8 +239,9 @@ class Encoder:
     def _encode_cross(self, x, out):
         s = scores(x, self.neg2c_all, self.cnorm_all)  # ||c||^2 - 2 x.c, every level at once
         off = self.offsets
+        lab = None
         for l in range(len(self.sizes)):
-            lab = argmin_rows(s[:, off[l]:off[l + 1]])
+            lab = argmin_rows(self.books[l].priced(s[:, off[l]:off[l + 1]], lab))
             out[:, l] = lab
             for m in range(l + 1, len(self.sizes)):
                 # score of level m against r = x - c_l[lab]: ... - 2 r.c_m = ... - 2 x.c_m + 2 c_l.c_m
@@ -233,12 +257,13 @@ def encode_block(x: torch.Tensor, books: list[Codebook], normalize: bool,
     normalisation) and of the one left after the last level are appended ((B,) tensors).
     Returns x, which now holds the final residual.
     """
+    lab = None
     for level, book in enumerate(books):
         if residual_dist is not None:
             residual_dist.append(row_sq_norms(x))
         if normalize:
             normalize_rows_(x)
-        lab = book.nearest(x)
+        lab = book.nearest(x, parent=lab)
         out[:, level] = lab
         x.sub_(book.centroids.index_select(0, lab))
     if residual_dist is not None:

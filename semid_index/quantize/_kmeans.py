@@ -59,6 +59,8 @@ class KMeansLevel:
         self.centroids = centroids.contiguous()
         self.counts = torch.zeros(centroids.shape[0], dtype=torch.float64, device=centroids.device)
         self._book: Codebook | None = None
+        #: per-code prices of balanced training (None: plain nearest-centroid assignment)
+        self.price: torch.Tensor | None = None
         self.n_reassigned = 0
         self.n_seen = 0
         #: rows seen when each centroid was (re)seeded
@@ -74,8 +76,13 @@ class KMeansLevel:
     @property
     def book(self) -> Codebook:
         if self._book is None:
-            self._book = Codebook(self.centroids)
+            self._book = Codebook(self.centroids, self.price)
         return self._book
+
+    def set_price(self, price: torch.Tensor | None) -> None:
+        """Use per-code prices (K,) in every assignment from now on (None: none)."""
+        self.price = price
+        self._changed()
 
     def _changed(self) -> None:
         self._book = None

@@ -1,12 +1,27 @@
-"""Exact Lloyd iterations on an in-memory matrix (the sample, or all rows)."""
+"""Exact Lloyd iterations on an in-memory matrix (the sample, or all rows), optionally balanced."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from ._kernels import row_sq_norms
+from ._balance import PRICE_FLOATS, balanced_prices
+from ._kernels import row_sq_norms, scores
+
+
+@dataclass
+class LloydResult:
+    """Outcome of :func:`lloyd`: labels (n,) int64 for the final centroids (and prices), counts
+    (K,) float64, the inertia (sum of squared distances to the assigned centroids), iterations
+    run and whether the relative tolerance was reached."""
+
+    labels: torch.Tensor
+    counts: torch.Tensor
+    inertia: float
+    iterations: int
+    converged: bool
 
 
 def _sums(x: torch.Tensor, lab: torch.Tensor, k: int, rows: int) -> torch.Tensor:
@@ -24,21 +39,44 @@ def _inertia(xsq: float, centroids: torch.Tensor, sums: torch.Tensor, counts: to
     return xsq - 2.0 * float((c * sums).sum()) + float((counts * (c * c).sum(1)).sum())
 
 
-def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int = 4096):
+def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int = 4096,
+          balance: float | None = None, parent: torch.Tensor | None = None,
+          n_groups: int = 1) -> LloydResult:
     """Up to ``n_iter`` exact Lloyd iterations of ``level`` on x (n, D), stopping once one lowers
     the inertia by less than ``tol`` (relative). A code left empty is re-seeded on the row farthest
     from its centroid, so it is used again.
 
-    Returns (labels (n,) int64 for the final centroids, counts (K,) float64, inertia float).
+    With ``balance`` (a slack s >= 0) every assignment is balanced: per-code prices
+    (:func:`._balance.balanced_prices`, kept in ``level.price``, (n_groups, K)) keep the rows of
+    each parent code (``parent`` (n,), the rows' codes at the level above, in 0..n_groups-1)
+    between ``(1 - s)`` and ``(1 + s)`` times their even share of every code. They are solved on
+    the first ``PRICE_FLOATS / K`` rows of x (x is in random order, so any prefix is a uniform
+    sample) and every row is assigned with them.
     """
     k = level.k
+    n = x.shape[0]
     xsq = float(row_sq_norms(x).double().sum())
+    m = n if balance is None else min(n, max(k, PRICE_FLOATS // k))
+    groups = None if parent is None or n_groups == 1 else parent[:m]
 
     def assign():
-        return torch.cat([level.book.nearest(x[a:a + rows]) for a in range(0, x.shape[0], rows)])
+        if balance is not None:
+            s = torch.cat([scores(x[a:a + rows], level.book.neg2c,
+                                  level.centroids.square().sum(1)) for a in range(0, m, rows)])
+            price, lab = balanced_prices(s, groups, n_groups if groups is not None else 1,
+                                         balance, level.price)
+            del s
+            level.set_price(price)
+            if m == n:
+                return lab
+        return torch.cat([level.book.nearest(x[a:a + rows], parent=None if parent is None
+                                             else parent[a:a + rows])
+                          for a in range(0, n, rows)])
 
     lab = assign()
     prev = math.inf
+    done = 0
+    converged = False
     for _ in range(n_iter):
         counts = torch.bincount(lab, minlength=k).double()
         sums = _sums(x, lab, k, rows)
@@ -46,12 +84,14 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int = 4096):
         level.move_to_means(sums, counts)  # never raises the inertia
         empty = (counts == 0).nonzero()[:, 0]
         if empty.numel():
-            _, dist = level.book.nearest(x, with_dist=True)
+            _, dist = level.book.nearest(x, with_dist=True, parent=parent)
             level.reseed(empty, x.index_select(0, dist.topk(min(empty.numel(), len(x))).indices))
         lab = assign()
-        if empty.numel() == 0 and prev - inertia <= tol * inertia:
+        done += 1
+        if empty.numel() == 0 and abs(prev - inertia) <= tol * inertia:
+            converged = True
             break
         prev = inertia
     counts = torch.bincount(lab, minlength=k).double()
     inertia = _inertia(xsq, level.centroids, _sums(x, lab, k, rows), counts)
-    return lab, counts, max(inertia, 0.0)
+    return LloydResult(lab, counts, max(inertia, 0.0), done, converged)

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -24,6 +25,13 @@ log = logging.getLogger("semid_index.quantize")
 GRID_INIT_BUFFER = 3072
 _BLOCK = 1 << 14  # rows per block for memory-bound passes over buffers
 STEP_ROWS_PER_CENTROID = 1000  # default mini-batch budget per level, in rows per centroid
+#: Default ``exact_work``: Lloyd runs on every row, to convergence, while one iteration costs at
+#: most this many multiply-adds (N x K x D): 100k x 256 x 384 and GloVe's 400k x 256 x 50 qualify,
+#: 1M x 256 x 768 does not. About 0.1 s per iteration on a 2-core machine.
+EXACT_WORK = 1 << 34
+EXACT_BYTES = 1 << 30  # ... and the rows fit in 1 GiB of float32
+EXACT_ITERATIONS, EXACT_TOL = 100, 1e-4  # n_polish / polish_tol defaults of that regime
+POLISH_ITERATIONS, POLISH_TOL = 10, 1e-3  # ... and after mini-batch training
 
 
 @dataclass
@@ -31,11 +39,13 @@ class FitLog:
     """What happened while fitting one level (kept in ``ResidualKMeans.history_``)."""
 
     level: int
-    steps: int
-    converged: bool
+    steps: int             #: mini-batch steps (0 when the level trained by exact Lloyd)
+    converged: bool        #: the Lloyd iterations reached polish_tol (mini-batch: early stop)
     reassigned: int
     inertia: float
     empty_codes: int
+    iterations: int = 0    #: exact Lloyd iterations run
+    largest_code: int = 0  #: rows in the most used code of the training rows
 
 
 class ResidualKMeans(CodesMixin):
@@ -82,12 +92,33 @@ class ResidualKMeans(CodesMixin):
     reassign_empty : bool, default True
         During mini-batch steps, re-seed a centroid that got no point while ``min(n, 50 K)`` rows
         went by (a dead code) onto a poorly served point.
-    n_polish : int, default 10
-        At most this many exact Lloyd iterations at the end of each level; a code still empty then
-        is re-seeded on the worst-served row, so training leaves no unused code (on the sample,
-        hence on the data) when there are at least K distinct rows.
-    polish_tol : float, default 1e-3
-        Lloyd iterations stop once one lowers the inertia by less than this fraction.
+    exact_work : float, default 2**34
+        Quality first where it is cheap: when one Lloyd iteration over *all* rows costs at most
+        this many multiply-adds (N x K x D, largest K) and the rows fit in 1 GiB, every level
+        trains by exact Lloyd iterations on all rows, to convergence (``n_polish`` up to 100,
+        ``polish_tol`` 1e-4), with no mini-batch phase and no sampling (``train_size`` and
+        ``max_steps`` unset). Larger inputs take the mini-batch path on a sample. ``0`` always
+        takes the mini-batch path.
+    n_polish : int or None
+        At most this many exact Lloyd iterations at the end of each level (default 10 after
+        mini-batch training, 100 in the exact regime); a code still empty then is re-seeded on the
+        worst-served row, so training leaves no unused code (on the sample, hence on the data) when
+        there are at least K distinct rows.
+    polish_tol : float or None
+        Lloyd iterations stop once one changes the inertia by less than this fraction (default
+        1e-3 after mini-batch training, 1e-4 in the exact regime).
+    balance : float or None, default None
+        Balanced codes: with a slack ``s >= 0``, every level's assignment is capacity-constrained
+        during the Lloyd iterations, no code holding more than ``ceil((1 + s) n / K)`` of the
+        training rows, by per-code prices added to the distance (``prices_``; see
+        :mod:`semid_index.quantize._balance`). Encoding adds the same prices, so new items spread
+        like the training rows. Costs a little reconstruction error, buys near-uniform code sizes
+        and far fewer collisions; ``0.1`` is a good start, ``0`` asks for exact balance. Needs the
+        layer-wise default mode.
+    init : "k-means++" or sequence of (K_l, D) arrays, default "k-means++"
+        How each level starts: greedy k-means++ seeding, or given centroids (a warm start, e.g.
+        the codebooks of a previous fit: a refit on a grown catalog then keeps most items'
+        prefixes). Given centroids skip the mini-batch phase and go straight to Lloyd iterations.
     check_input : bool, default True
         Read every row once to reject NaN/inf anywhere, not only in the sampled rows.
     seed : int, default 0
@@ -105,6 +136,8 @@ class ResidualKMeans(CodesMixin):
     Attributes (after fit)
     ----------------------
     codebooks_ : list of (K_l, D) float32 tensors
+    prices_ : list of (K_l,) float32 tensors, per-code prices added to the squared distance when
+        encoding (zeros unless trained with ``balance``)
     counts_ : list of (K_l,) float64 tensors, points assigned per centroid in the final pass
     residual_scales_ : (L,) float64 tensor, mean norm of the residual entering each level (before
         normalisation; only meaningful with ``normalize_residuals``)
@@ -126,10 +159,12 @@ class ResidualKMeans(CodesMixin):
                  batch_size: int = 4096, max_epochs: float = 3.0, max_steps: int | None = None,
                  tol: float = 1e-4, max_no_improvement: int | None = 10,
                  init_size: int | None = None, n_init_trials: int | None = None,
-                 reassign_empty: bool = True, n_polish: int = 10, polish_tol: float = 1e-3,
-                 train_size: int | None = None, check_input: bool = True, seed: int = 0,
+                 reassign_empty: bool = True, n_polish: int | None = None,
+                 polish_tol: float | None = None, train_size: int | None = None,
+                 check_input: bool = True, seed: int = 0,
                  device: str | torch.device = "cpu", mode: str = "default",
-                 verbose: bool = False):
+                 exact_work: float = EXACT_WORK, balance: float | None = None,
+                 init: str | Sequence = "k-means++", verbose: bool = False):
         self.n_levels = n_levels
         self.codebook_size = codebook_size
         self.normalize_residuals = normalize_residuals
@@ -149,6 +184,9 @@ class ResidualKMeans(CodesMixin):
         self.seed = seed
         self.device = device
         self.mode = mode
+        self.exact_work = exact_work
+        self.balance = balance
+        self.init = init
         self.verbose = verbose
 
     @classmethod
@@ -175,6 +213,12 @@ class ResidualKMeans(CodesMixin):
         if self.init_size is not None and self.init_size < max(sizes):
             raise ConfigError(f"init_size={self.init_size} is smaller than the largest codebook "
                               f"({max(sizes)})")
+        if isinstance(self.balance, (list, tuple)) and len(self.balance) != len(sizes):
+            raise ConfigError(f"balance has {len(self.balance)} entries for {len(sizes)} levels")
+        if self.balance is not None and (self.mode != "default" or not self.train_layer_wise):
+            raise ConfigError("balance needs the layer-wise default mode (mode='default', "
+                              "train_layer_wise=True)")
+        self._initial_books(sizes, None)
         _ = self._device  # refuse a device this torch build cannot use, before any work
         return sizes
 
@@ -234,22 +278,57 @@ class ResidualKMeans(CodesMixin):
         self._reset(src.dim, sizes)
         if self.mode == "grid":
             return self._fit_grid(src, gen)
-        train_n = min(src.n_rows, self.train_size or _default_train_size(max(sizes), src.dim))
+        self._exact = self._exact_regime(src.n_rows, max(sizes), src.dim)
+        train_n = src.n_rows if self._exact else \
+            min(src.n_rows, self.train_size or _default_train_size(max(sizes), src.dim))
         init_n = min(train_n, self.init_size or _default_init_size(max(sizes), src.dim))
+        inits = self._initial_books(sizes, src.dim)
         # one uniform sample in random order (any prefix of it is uniform too) trains every level:
         # the first init_n rows seed it, mini-batches and Lloyd iterations run over all of it
         x = src.sample(train_n, gen).to(self._device)
         self._variance = float(x.var(0).mean()) if x.shape[0] > 1 else 1.0
         if self.train_layer_wise:
             for lv in range(len(sizes)):
-                self._fit_level(lv, x, init_n, gen)
+                self._fit_level(lv, x, init_n, gen, None if inits is None else inits[lv])
         else:
             self._fit_joint(x, init_n, gen)
         self._finish()
         return self
 
+    def _exact_regime(self, n: int, k: int, dim: int) -> bool:
+        """Whether fit() trains by exact Lloyd on all n rows (see ``exact_work``)."""
+        return (self.train_layer_wise and self.train_size is None and self.max_steps is None
+                and n * k * dim <= self.exact_work and 4 * n * dim <= EXACT_BYTES)
+
+    def _initial_books(self, sizes: list[int], dim: int | None) -> list[torch.Tensor] | None:
+        """The centroids of ``init`` (checked: one finite (K_l, D) array per level), or None for
+        k-means++ seeding."""
+        if isinstance(self.init, str):
+            if self.init != "k-means++":
+                raise ConfigError(f"init must be 'k-means++' or one (K_l, D) array per level, "
+                                  f"got {self.init!r}")
+            return None
+        if self.mode != "default" or not self.train_layer_wise:
+            raise ConfigError("init with given centroids needs the layer-wise default mode")
+        try:
+            books = [as_float_tensor(b, name=f"init codebook {i + 1}")
+                     for i, b in enumerate(self.init)]
+        except TypeError:
+            raise ConfigError("init must be 'k-means++' or a sequence of (K_l, D) arrays, got "
+                              f"{type(self.init).__name__}") from None
+        shapes = [tuple(b.shape) for b in books]
+        want = [(k, dim if dim is not None else (b.shape[1] if b.ndim == 2 else -1))
+                for k, b in zip(sizes, books)]
+        if len(books) != len(sizes) or shapes != want:
+            raise DimensionMismatchError(
+                f"init has codebooks of shapes {shapes}; this model needs "
+                f"{[(k, dim if dim is not None else 'D') for k in sizes]}")
+        for i, b in enumerate(books):
+            check_batch(b, None, name=f"init codebook {i + 1}")
+        return [b.to(self._device, copy=True) for b in books]
+
     def _reset(self, dim: int, sizes: list[int]) -> None:
-        for attr in ("codebooks_", "counts_", "residual_scales_"):
+        for attr in ("codebooks_", "counts_", "residual_scales_", "prices_"):
             self.__dict__.pop(attr, None)
         self.n_features_in_ = dim
         self.codebook_sizes_ = sizes
@@ -258,14 +337,18 @@ class ResidualKMeans(CodesMixin):
         self._buffers: list[list[torch.Tensor]] = [[] for _ in sizes]
         self._n_train = 1 << 62  # streaming (partial_fit): the data size is unknown
         self.history_: list[FitLog] = []
+        self._exact = False  # fit() decides (exact Lloyd on all rows, or mini-batch)
 
     def _finish(self) -> None:
         levels = [lv for lv in self._levels if lv is not None]
         assert len(levels) == len(self._levels), "every level is seeded before _finish()"
         self.codebooks_ = [lv.centroids for lv in levels]
         self.counts_ = [lv.counts for lv in levels]
+        self.prices_ = [torch.zeros(1, lv.k, device=lv.centroids.device) if lv.price is None
+                        else lv.price for lv in levels]
+        self.__dict__.pop("_parent", None)
         self.residual_scales_ = torch.tensor(self._scales, dtype=torch.float64)
-        self._books = [Codebook(c) for c in self.codebooks_]
+        self._books = [Codebook(c, p) for c, p in zip(self.codebooks_, self.prices_)]
         self._encoder = Encoder(self._books, self.normalize_residuals)
 
     def _seed_level(self, lv: int, x: torch.Tensor, gen: torch.Generator) -> KMeansLevel:
@@ -289,12 +372,22 @@ class ResidualKMeans(CodesMixin):
             return cap
         return min(math.ceil(self.max_epochs * n_rows / self.batch_size), cap)
 
-    def _fit_level(self, lv: int, x: torch.Tensor, init_n: int, gen) -> None:
-        """Layer-wise: seed level lv on x (its input rows), mini-batch steps, Lloyd iterations;
-        x is then advanced in place to the next level's input."""
+    def _fit_level(self, lv: int, x: torch.Tensor, init_n: int, gen,
+                   init: torch.Tensor | None = None) -> None:
+        """Layer-wise: seed level lv on x (its input rows) or start it at ``init``, mini-batch
+        steps (not in the exact regime, nor from ``init``), Lloyd iterations; x is then advanced
+        in place to the next level's input."""
         self._n_train = x.shape[0]
         self._normalize_input(lv, x)
-        level = self._seed_level(lv, x[:init_n], gen)
+        if init is not None:
+            level = KMeansLevel(init)
+            level.reassign_window = min(self._n_train, REASSIGN_WINDOW * level.k)
+            self._levels[lv] = level
+        else:
+            level = self._seed_level(lv, x[:init_n], gen)
+        if init is not None or getattr(self, "_exact", False):
+            self._polish_level(lv, x, 0, False)
+            return
         budget = self._step_budget(x.shape[0], level.k)
         stopper = _EarlyStop(self, x.shape[0])
         steps = 0
@@ -321,15 +414,27 @@ class ResidualKMeans(CodesMixin):
         """Lloyd iterations on x (which re-seed empty codes), then x -= its centroids."""
         level = self._levels[lv]
         assert level is not None  # seeded by _fit_level / _fit_joint
-        labels, counts, inertia = lloyd(level, x, self.n_polish, self.polish_tol)
-        level.counts = counts.clone()
+        exact = getattr(self, "_exact", False)
+        n_iter = self.n_polish if self.n_polish is not None else \
+            EXACT_ITERATIONS if exact else POLISH_ITERATIONS
+        tol = self.polish_tol if self.polish_tol is not None else \
+            EXACT_TOL if exact else POLISH_TOL
+        parent = getattr(self, "_parent", None) if lv > 0 else None
+        res = lloyd(level, x, n_iter, tol, balance=_level_balance(self.balance, lv),
+                    parent=parent, n_groups=self.codebook_sizes_[lv - 1] if lv else 1)
+        self._parent = res.labels
+        level.counts = res.counts.clone()
         c = level.centroids
         for a in range(0, x.shape[0], _BLOCK):
-            x[a:a + _BLOCK].sub_(c.index_select(0, labels[a:a + _BLOCK]))
-        n_empty = int((counts == 0).sum())
-        self.history_.append(FitLog(lv, steps, converged, level.n_reassigned, inertia, n_empty))
-        log.info("level %d: %d steps%s, inertia %.6g, %d reassigned, %d empty", lv + 1, steps,
-                 " (converged)" if converged else "", inertia, level.n_reassigned, n_empty)
+            x[a:a + _BLOCK].sub_(c.index_select(0, res.labels[a:a + _BLOCK]))
+        n_empty = int((res.counts == 0).sum())
+        converged = res.converged if steps == 0 else converged
+        self.history_.append(FitLog(lv, steps, converged, level.n_reassigned, res.inertia,
+                                    n_empty, res.iterations, int(res.counts.max())))
+        log.info("level %d: %d steps, %d Lloyd iterations%s, inertia %.6g, %d reassigned, "
+                 "%d empty, largest code %d", lv + 1, steps, res.iterations,
+                 " (converged)" if converged else "", res.inertia, level.n_reassigned, n_empty,
+                 int(res.counts.max()))
 
     def _fit_joint(self, x: torch.Tensor, init_n: int, gen) -> None:
         """Joint training: seed all levels on the sample, then update every level per batch."""
@@ -444,8 +549,10 @@ class ResidualKMeans(CodesMixin):
     @classmethod
     def from_codebooks(cls, codebooks: Sequence, *, normalize_residuals: bool = False,
                        residual_scales: Sequence[float] | None = None,
+                       prices: Sequence | None = None,
                        device: str | torch.device = "cpu") -> "ResidualKMeans":
-        """A fitted (frozen) model from stored codebooks: list of (K_l, D) arrays/tensors."""
+        """A fitted (frozen) model from stored codebooks: list of (K_l, D) arrays/tensors, and
+        optionally the per-code prices of a balanced fit: one (K_l,) array per level."""
         books = [as_float_tensor(c, name=f"codebook {i + 1}") for i, c in enumerate(codebooks)]
         if not books:
             raise ConfigError("from_codebooks needs at least one codebook")
@@ -458,6 +565,9 @@ class ResidualKMeans(CodesMixin):
                     normalize_residuals=normalize_residuals, device=device)
         model._reset(books[0].shape[1], [b.shape[0] for b in books])
         model._levels = [KMeansLevel(b.to(model._device)) for b in books]
+        if prices is not None:
+            for lv, p in zip(model._levels, _checked_prices(prices, [b.shape[0] for b in books])):
+                lv.price = p.to(model._device) if bool(p.any()) else None
         if residual_scales is not None:
             model._scales = [float(s) for s in residual_scales]
         model._finish()
@@ -466,6 +576,30 @@ class ResidualKMeans(CodesMixin):
     def __repr__(self) -> str:
         return (f"ResidualKMeans(n_levels={self.n_levels}, codebook_size={self.codebook_size}, "
                 f"normalize_residuals={self.normalize_residuals}, mode={self.mode!r})")
+
+
+def _level_balance(balance, lv: int) -> float | None:
+    """The balance slack of level ``lv``: ``balance`` itself, or its ``lv``-th entry."""
+    if balance is None or isinstance(balance, (int, float, np.integer, np.floating)):
+        return None if balance is None else float(balance)
+    return None if balance[lv] is None else float(balance[lv])
+
+
+def _checked_prices(prices: Sequence, sizes: list[int]) -> list[torch.Tensor]:
+    """Per-level prices as (G_l, K_l) float32 tensors, checked: level l's are one row (or a
+    (K_l,) vector) or one row per code of level l-1, all finite."""
+    out = [torch.as_tensor(np.asarray(p, dtype=np.float32)) for p in prices]
+    out = [p.unsqueeze(0) if p.ndim == 1 else p for p in out]
+    shapes = [tuple(p.shape) for p in out]
+    ok = len(out) == len(sizes) and all(
+        s in ((1, k), (sizes[lv - 1] if lv else 1, k)) for lv, (s, k) in enumerate(zip(shapes, sizes)))
+    if not ok:
+        raise DimensionMismatchError(
+            f"prices have shapes {shapes}; the codebooks need (1, K_l) or (K_l-1, K_l) per level: "
+            f"{[(sizes[lv - 1] if lv else 1, k) for lv, k in enumerate(sizes)]}")
+    if not all(bool(torch.isfinite(p).all()) for p in out):
+        raise ConfigError("prices must be finite")
+    return out
 
 
 def _device_available(dev: torch.device) -> bool:
