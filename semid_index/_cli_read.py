@@ -116,24 +116,54 @@ def stats(db, index_name, as_json, embeddings, column, version):
            "n_suffixed": s.n_suffixed, "suffixed_share": s.suffixed_share,
            "largest_group": s.largest_group, "max_suffix": s.max_suffix,
            "unique_share": cs["unique_share"], "levels": [vars(lv) for lv in cs["levels"]],
-           "relative_error": rel}
+           "relative_error": rel, "fit": cs.get("fit") or {}}
     if as_json:
         io.emit_json(out)
         return
     click.echo(f"index {s.name!r} in {s.url}: version {s.version} of {s.n_versions}, "
                f"{s.n_items:,} items, D={s.dim}, {s.n_retired:,} retired IDs")
     click.echo(io.table(
-        ["level", "K", "used", "dead", "util", "entropy bits", "perplexity", "top share",
-         "unique share"],
+        ["level", "K", "used", "dead", "util", "entropy bits", "perplexity", "gini",
+         "sizes min..max", "top share", "unique share"],
         [[lv.level, lv.codebook_size, lv.used, lv.dead, f"{lv.utilisation:.1%}",
-          f"{lv.entropy_bits:.2f}", f"{lv.perplexity:.1f}", f"{lv.largest_share:.2%}",
+          f"{lv.entropy_bits:.2f}", f"{lv.perplexity:.1f}", f"{lv.gini:.3f}",
+          f"{lv.size_min}..{lv.size_max}", f"{lv.largest_share:.2%}",
           f"{share:.2%}"] for lv, share in zip(cs["levels"], cs["unique_share"])],
-        right=set(range(9))))
+        right=set(range(11))))
     click.echo(f"distinct full codes {s.n_distinct_codes:,}; collided (sharing all "
                f"{s.n_levels} codes with another item) {s.n_collided:,} = {s.collided_share:.2%};"
                f" suffixed (suffix > 0) {s.suffixed_share:.2%}; largest group {s.largest_group}")
+    fit = cs.get("fit") or {}
+    if "n_relocated" in fit:
+        click.echo(f"at fit: {fit['n_relocated']:,} items relocated under max_per_code (extra "
+                   f"squared error {fit['relocation_error']:.4g}), {fit['n_over_capacity']:,} "
+                   "left over capacity")
+    if "relative_error" in fit:
+        click.echo(f"relative error at fit: {fit['relative_error']:.4f}")
     if rel is not None:
         click.echo(f"relative error ||x - x_hat||^2 / ||x||^2: {rel:.4f}")
+
+
+@main.command(name="compare-versions", context_settings=_CTX)
+@_common
+@click.argument("old_version", type=int)
+@click.argument("new_version", type=int, required=False)
+def compare_versions(db, index_name, as_json, old_version, new_version):
+    """Churn between two versions (NEW default: the active one): the share of the items in both
+    whose first k codes changed, k = 1..L. A warm-started refit keeps it low.
+
+    \b
+    semid compare-versions 1
+    semid compare-versions 1 2 --json
+    """
+    with _open(db, index_name) as idx:
+        c = idx.churn(old_version, new_version)
+    _emit(as_json, c, "\n".join(
+        [f"version {c['old_version']} -> {c['new_version']}: {c['n_common']:,} items in both, "
+         f"{c['n_only_old']:,} only in {c['old_version']}, {c['n_only_new']:,} only in "
+         f"{c['new_version']}",
+         io.table(["first k codes", "changed"],
+                  [[k + 1, f"{v:.2%}"] for k, v in enumerate(c["churn"])], right={0, 1})]))
 
 
 @main.command(context_settings=_CTX)

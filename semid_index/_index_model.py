@@ -38,10 +38,14 @@ class IndexModel(IndexReads):
         if self._model_cache is None or self._model_cache[0] != version:
             from .quantize import ResidualKMeans
 
+            from .storage import decode_prices
+
             books, header = self._store.catalog.codebooks(conn, rec, version)
+            prices = decode_prices(header["prices"], f"version {version} of index "
+                                   f"{rec.name!r}") if header.get("prices") else None
             model = ResidualKMeans.from_codebooks(
                 books, normalize_residuals=header["normalize_residuals"],
-                residual_scales=header.get("residual_scales"),
+                residual_scales=header.get("residual_scales"), prices=prices,
                 device=rec.options.get("device", "cpu"))
             self._model_cache = (version, model)
         return self._model_cache[1]
@@ -56,13 +60,24 @@ class IndexModel(IndexReads):
         x = _inputs.embeddings(embeddings, None, model.n_features_in_)
         return self._encode(model, x, False, fps=False)[0]
 
-    def code_report(self, embeddings=None, *, version: int | None = None) -> dict:
+    def code_report(self, embeddings=None, *, keys=None, version: int | None = None,
+                    n_neighbours: int = 10, sample: int = 2000) -> dict:
         """The quality report of a version's stored IDs (default: the active version):
         :func:`~semid_index.quantize.code_statistics` of its codes (per-level usage, dead codes,
         entropy, perplexity, unique share per depth, ``n_collided``, ``collided_share``, largest
         group) plus ``relative_error``, the reconstruction error of ``embeddings`` (N, D) under
         that version's codebooks (None without embeddings; only then is torch imported).
-        Reads every ID: 8 (L + 1) bytes each."""
+        Reads every ID: 8 (L + 1) bytes each.
+
+        ``fit``: what the fit that wrote the version recorded (``relative_error``,
+        ``n_relocated`` and ``relocation_error`` (extra squared error) under ``max_per_code``,
+        ``warm_start``). With ``keys`` (the items whose ``embeddings`` rows these are, e.g. the
+        ones added since the fit), the report is about *their stored IDs*:
+        ``relative_error`` is their reconstruction error under the IDs they hold (compare it
+        with ``fit["relative_error"]`` to see drift), ``neighbour_preservation[k-1]`` the share of
+        each sampled item's ``n_neighbours`` exact cosine neighbours (among these items) that
+        share its first k codes, and ``code_size_shift[l]`` the total variation distance between
+        their level-l code distribution and the whole version's."""
         from ._code_stats import code_statistics
 
         _, ids = self.id_arrays(version=version)
@@ -72,13 +87,39 @@ class IndexModel(IndexReads):
             raise EmptyInputError(f"version {at} of index {self.name!r} has no items")
         report = code_statistics(ids[:, :-1], self._record.codebook_sizes)
         report["relative_error"] = None
+        with self._store.read(self._op("read the version header"), snapshot=True) as conn:
+            header = self._store.catalog.header(conn, self._reread(conn), at)
+        report["fit"] = header.get("fit", {})
+        if keys is not None and embeddings is None:
+            raise ConfigError("keys= needs embeddings= (one row per key)")
         if embeddings is not None:
             from .quantize._data import validated
 
             with self._store.read(self._op("load the model"), snapshot=True) as conn:
                 model = self._model_in(conn, self._reread(conn), at)
-            x = _inputs.embeddings(embeddings, None, model.n_features_in_)
-            report["relative_error"] = model.quality(validated(x)).relative_error
+            if keys is None:
+                x = _inputs.embeddings(embeddings, None, model.n_features_in_)
+                report["relative_error"] = model.quality(validated(x)).relative_error
+            else:
+                import torch
+
+                from ._quality import code_size_shift, neighbour_preservation
+
+                keys = _inputs.item_keys(keys)
+                x = _inputs.embeddings(embeddings, len(keys), model.n_features_in_, keys=keys)
+                held = self.lookup_many(keys, version=at)
+                codes = np.array([sid.levels for sid in held if sid is not None],
+                                 dtype=np.int64)
+                xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+                if model.normalize_residuals:
+                    xt = torch.nn.functional.normalize(xt, dim=1)
+                err = float(((xt - model.decode(torch.from_numpy(codes)).cpu()) ** 2)
+                            .double().sum())
+                report["relative_error"] = err / max(float((xt.double() ** 2).sum()), 1e-30)
+                report["neighbour_preservation"] = neighbour_preservation(
+                    x, codes, n_neighbours=n_neighbours, sample=sample) if len(keys) > 1 else None
+                report["code_size_shift"] = code_size_shift(
+                    ids[:, :-1], codes, self._record.codebook_sizes)
         return report
 
     def _check_model(self, model, dim: int) -> None:

@@ -205,6 +205,36 @@ class IndexReads:
                 yield IdChange(key, None if o is None else _make_id(*o),
                                None if n is None else _make_id(*n))
 
+    def churn(self, old_version: int, new_version: int | None = None) -> dict:
+        """How many items changed prefix between two versions (default new: the active one).
+
+        Returns ``{"old_version", "new_version", "n_common", "n_only_old", "n_only_new",
+        "churn"}`` where ``churn[k-1]`` is the share of the items present in both versions whose
+        first k codes differ (k = 1..L); identical versions give all zeros. Torch-free, streamed.
+        """
+        old_version = _inputs.positive_int("old_version", old_version)
+        new_version = _inputs.version_number(new_version)
+        n_levels = self._record.n_levels
+        changed = np.zeros(n_levels, dtype=np.int64)
+        common = only_old = only_new = 0
+        with self._store.read(self._op("compare versions"), snapshot=True) as conn:
+            old = self._space(conn, old_version)
+            new = self._space(conn, new_version)
+            for _, o, n in self._store.reads.pairs(conn, old, new):
+                if o is None:
+                    only_new += 1
+                elif n is None:
+                    only_old += 1
+                else:
+                    common += 1
+                    for lv in range(n_levels):
+                        if o[0][lv] != n[0][lv]:
+                            changed[lv:] += 1
+                            break
+        return {"old_version": old.version, "new_version": new.version, "n_common": common,
+                "n_only_old": only_old, "n_only_new": only_new,
+                "churn": [float(c) / common if common else 0.0 for c in changed]}
+
     def iter_items(self, *, version: int | None = None,
                    batch: int = 10_000) -> Iterator[IndexedItem]:
         """Every item of a version (default: the active one), ordered by ID, streamed in pages

@@ -278,6 +278,29 @@ MODEL_OPTIONS = {
 }
 
 
+#: Options of an index that are not the quantizer's: ``max_per_code`` (a capacity per full
+#: code: collisions are relocated under the same prefix, see :mod:`semid_index._relocate`).
+INDEX_OPTIONS = {"max_per_code": _int(1, 2**31 - 2, none=True)}
+
+
+def index_options(options: dict) -> dict:
+    """Check an index's options (the quantizer's plus :data:`INDEX_OPTIONS`); returns them."""
+    bad = sorted(set(options) - set(MODEL_OPTIONS) - set(INDEX_OPTIONS))
+    if bad:
+        raise ConfigError(f"unknown option(s) {bad}; known: "
+                          f"{', '.join([*MODEL_OPTIONS, *INDEX_OPTIONS])}")
+    for name, check in INDEX_OPTIONS.items():
+        if name in options and not check(options[name]):
+            raise ConfigError(f"{name} must be {check.__doc__}, got {options[name]!r}")
+    model_options({k: v for k, v in options.items() if k in MODEL_OPTIONS})
+    return options
+
+
+def quantizer_options(options: dict) -> dict:
+    """The quantizer's part of an index's stored options."""
+    return {k: v for k, v in options.items() if k in MODEL_OPTIONS}
+
+
 def model_options(options: dict, *, known: Sequence[str] | None = None) -> dict:
     """Check quantizer options by name and value (the same rules ``ResidualKMeans`` applies);
     returns them unchanged."""

@@ -77,8 +77,15 @@ def _sizes(text: str, levels: int):
               help="Codes per level, if the index is created here (else checked against it).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Training seed, if the index is created here.")
+@click.option("--balance", type=click.FloatRange(0, None), default=None,
+              help="Balanced codes with this slack (e.g. 0.1), if the index is created here.")
+@click.option("--max-per-code", type=click.IntRange(1, 2**31 - 2), default=None,
+              help="At most this many items per full code (overflow relocated under the same "
+                   "prefix), if the index is created here.")
+@click.option("--warm-start", is_flag=True,
+              help="Start from the active version's codebooks (keeps most prefixes).")
 def fit(db, index_name, as_json, embeddings, keys_file, key_column, column, row_numbers, levels,
-        codebook_size, seed):
+        codebook_size, seed, balance, max_per_code, warm_start):
     """Train codebooks on EMBEDDINGS and give every item an ID (a new active version).
 
     EMBEDDINGS is a .npy (memory-mapped), .npz or .parquet file; the index is created first
@@ -86,7 +93,9 @@ def fit(db, index_name, as_json, embeddings, keys_file, key_column, column, row_
 
     \b
     semid fit vectors.npy --keys items.txt -L 3 -k 256
+    semid fit vectors.npy --keys items.txt -k 32 --max-per-code 1
     semid fit movies.parquet --key-column title --column embedding
+    semid fit grown.npy --keys items.txt --warm-start
     """
     from .errors import IndexNotFoundError
     from .index import SemanticIdIndex
@@ -106,9 +115,12 @@ def fit(db, index_name, as_json, embeddings, keys_file, key_column, column, row_
     if idx is None:  # create it, or check that the existing one has the shape asked for
         idx = SemanticIdIndex.create(db, index_name, n_levels=levels,
                                      codebook_size=_sizes(codebook_size, levels),
-                                     exist_ok=True, seed=seed)
+                                     exist_ok=True, seed=seed,
+                                     **({} if balance is None else {"balance": balance}),
+                                     **({} if max_per_code is None else
+                                        {"max_per_code": max_per_code}))
     with idx:
-        idx.fit(keys, x, progress=_progress())
+        idx.fit(keys, x, warm_start=warm_start, progress=_progress())
         s = idx.stats()
     out = {"index": s.name, "version": s.version, "n_items": s.n_items, "dim": s.dim,
            "codebook_sizes": list(s.codebook_sizes), "collided_share": s.collided_share,

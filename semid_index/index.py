@@ -23,7 +23,7 @@ from . import _inputs
 from ._assign import ON_CONFLICT, plan_add
 from ._index_model import IndexModel, _bar
 from ._index_reads import _raise_unknown
-from .errors import (ConfigError, DimensionMismatchError)
+from .errors import ConfigError, DimensionMismatchError, NotFittedError
 from .ids import SemanticId
 from .storage import IndexRecord, Store, missing_sqlite_file
 from .storage import _migrate
@@ -88,13 +88,17 @@ class SemanticIdIndex(IndexModel):
         database; 1..200 printable characters). n_levels, codebook_size : the hierarchy
         (codebook_size: one int or one per level). options : :class:`~semid_index.quantize.
         ResidualKMeans` options used by :meth:`fit` (``seed``, ``normalize_residuals``,
-        ``batch_size``, ``train_size``, ``device``...), checked here. exist_ok : return the
+        ``balance``, ``batch_size``, ``train_size``, ``device``...), checked here, and
+        ``max_per_code``: at most this many items per full code; :meth:`fit` and :meth:`add`
+        move an item whose code is full to the nearest code with room under the same L-1 level
+        prefix (an issued ID never moves; with no room left there, the item takes a suffix as
+        without a cap). exist_ok : return the
         existing index of that name instead of raising :class:`IndexExistsError` (its codebook
         sizes must match). busy_timeout : seconds a write waits for another writer's lock
         (default 60) before :class:`~semid_index.errors.LockTimeoutError`.
         """
         sizes = _inputs.hierarchy(n_levels, codebook_size)
-        _inputs.model_options(options)
+        _inputs.index_options(options)
         _inputs.index_name(name)
         store = Store(db, busy_timeout=_timeout(busy_timeout), creating=True)
         with _closed_on_error(store), store.write(f"create index {name!r}") as conn:
@@ -210,13 +214,19 @@ class SemanticIdIndex(IndexModel):
 
     # ================================================================== writes
     def fit(self, keys, embeddings, *, model: "ResidualKMeans | None" = None,
-            progress: bool | None = None) -> "SemanticIdIndex":
+            warm_start: bool = False, progress: bool | None = None) -> "SemanticIdIndex":
         """Train on the catalog, give every item an ID, store it all as a new active version.
 
         keys : N distinct item keys (str or int). embeddings : (N, D) floats (numpy array or
         memmap, torch tensor, ``.npy`` path). model : an already fitted ``ResidualKMeans`` with
-        this index's levels and sizes, used instead of training. progress : tqdm bars
+        this index's levels and sizes, used instead of training. warm_start : start every
+        level from the active version's codebooks instead of k-means++ (a refit of a grown
+        catalog then keeps most items' prefixes: see :meth:`churn`). progress : tqdm bars
         (default: when stderr is a terminal).
+
+        With the index option ``max_per_code``, items beyond the capacity of their full code
+        move to the nearest code with room under the same prefix (see :meth:`create`); the
+        version records how many moved and the extra squared error (:meth:`code_report`).
 
         One transaction: on any error the database is exactly as before. Items colliding on all
         L codes get suffixes 0, 1, ... in input order. Earlier versions stay readable.
@@ -228,23 +238,49 @@ class SemanticIdIndex(IndexModel):
         x = _inputs.embeddings(embeddings, len(keys), keys=keys)
         rec = self._refresh()
         if model is None:
-            model = ResidualKMeans(rec.n_levels, list(rec.codebook_sizes), **rec.options,
+            opts = _inputs.quantizer_options(rec.options)
+            if warm_start:
+                if rec.active_version is None:
+                    raise NotFittedError(f"warm_start needs a fitted version; index {self.name!r} "
+                                         "has none yet")
+                start = self.model
+                _check_dim(x, start.n_features_in_)
+                opts["init"] = start.get_codebooks()
+            model = ResidualKMeans(rec.n_levels, list(rec.codebook_sizes), **opts,
                                    verbose=bool(progress))
             model.fit(validated(x))
         else:
             self._check_model(model, x.shape[1])
         codes, fps = self._encode(model, x, progress)
-        version = self._store_version(model, keys, codes, fps, progress)
+        fit_stats: dict = {"warm_start": bool(warm_start)}
+        cap = rec.options.get("max_per_code")
+        if cap is not None:
+            from ._relocate import relocate
+
+            moved = relocate(codes, lambda idx: model.level_distances(
+                x[idx], codes[idx]).cpu().numpy(), rec.codebook_sizes, cap)
+            codes = moved.codes
+            fit_stats.update(n_relocated=moved.n_relocated,
+                             relocation_error=moved.relocation_error,
+                             n_over_capacity=moved.n_over_capacity)
+        fit_stats.update(_reconstruction(model, x, codes))
+        version = self._store_version(model, keys, codes, fps, progress, fit_stats)
         log.info("index %r: version %d active with %d items", self.name, version, len(keys))
         return self
 
     def _store_version(self, model: "ResidualKMeans", keys: Sequence[str], codes: np.ndarray,
-                       fps: np.ndarray, progress: bool | None) -> int:
+                       fps: np.ndarray, progress: bool | None, fit_stats: dict) -> int:
         """One transaction: ``model``'s codebooks as a new version holding these items (codes
         (N, L), fingerprints (N,)), made active. Returns the version number."""
+        from .storage import encode_prices
+
         header = {"dim": int(model.n_features_in_), "codebook_sizes": list(self.codebook_sizes),
                   "normalize_residuals": bool(model.normalize_residuals),
-                  "residual_scales": [float(s) for s in model.residual_scales_]}
+                  "residual_scales": [float(s) for s in model.residual_scales_],
+                  "fit": fit_stats}
+        prices = model.get_prices()
+        if prices is not None:
+            header["prices"] = encode_prices(prices)
         with self._store.write(self._op("fit")) as conn, _bar(len(keys), "storing",
                                                               progress) as bar:
             rec = self._reread(conn, lock=True)
@@ -297,6 +333,9 @@ class SemanticIdIndex(IndexModel):
             space = rec.space(version)
             found = self._store.reads.find(conn, space, keys)
             plan = plan_add(keys, codes, fps, found, on_conflict)
+            cap = rec.options.get("max_per_code")
+            if cap is not None and len(plan.new):
+                codes = self._relocated(conn, space, rec, version, x, codes, plan.new, cap)
             bar.update(len(plan.kept))
             self._store.writes.retire(conn, space, plan.retire)
             self._store.writes.set_fingerprints(conn, space, plan.refresh)
@@ -304,6 +343,40 @@ class SemanticIdIndex(IndexModel):
                 conn, space, [keys[i] for i in plan.new.tolist()], codes[plan.new],
                 fps[plan.new], bar.update)
         return [SemanticId._trusted(levels, suffix) for levels, suffix in plan.ids(codes, suffixes)]
+
+    def _relocated(self, conn, space, rec: IndexRecord, version: int, x: np.ndarray,
+                   codes: np.ndarray, new: np.ndarray, cap: int) -> np.ndarray:
+        """codes with the new items' (rows ``new``) moved off full codes (see :meth:`create`);
+        issued IDs count against the capacity and never move."""
+        from ._relocate import full_keys, relocate
+
+        sizes = rec.codebook_sizes
+        model = self._model_in(conn, rec, version)
+        sub = codes[new]
+
+        def occupied(prefix_keys: np.ndarray) -> dict[int, int]:
+            out: dict[int, int] = {}
+            for pk in prefix_keys.tolist():
+                levels = []
+                rest = pk
+                for k in reversed(sizes[:-1]):
+                    levels.append(rest % k)
+                    rest //= k
+                for code, count in self._store.reads.children(
+                        conn, space, tuple(reversed(levels))).items():
+                    out[pk * sizes[-1] + code] = count
+            return out
+
+        moved = relocate(sub, lambda idx: model.level_distances(
+            x[new[idx]], sub[idx]).cpu().numpy(), sizes, cap, occupied)
+        if moved.n_relocated:
+            log.info("index %r: %d new items relocated (extra squared error %.6g), %d over "
+                     "capacity", self.name, moved.n_relocated, moved.relocation_error,
+                     moved.n_over_capacity)
+        out = codes.copy()
+        out[new] = moved.codes
+        assert (full_keys(out[new], sizes) >= 0).all()
+        return out
 
     def remove(self, keys, *, missing: str = "raise") -> int:
         """Remove items from the active version; their IDs are retired, never issued again.
@@ -334,6 +407,22 @@ class SemanticIdIndex(IndexModel):
         self._refresh()
 
 # ====================================================================== helpers
+def _reconstruction(model, x: np.ndarray, codes: np.ndarray) -> dict:
+    """Squared reconstruction error and squared norm of x (N, D) under codes (N, L), summed
+    (the fit's figures that :meth:`SemanticIdIndex.code_report` compares later items with)."""
+    import torch
+
+    err = norm = 0.0
+    for a in range(0, len(x), 65_536):
+        blk = torch.from_numpy(np.ascontiguousarray(x[a:a + 65_536], dtype=np.float32))
+        if model.normalize_residuals:
+            blk = torch.nn.functional.normalize(blk, dim=1)
+        xhat = model.decode(torch.from_numpy(codes[a:a + 65_536])).cpu()
+        err += float(((blk - xhat) ** 2).double().sum())
+        norm += float((blk.double() ** 2).sum())
+    return {"sq_error": err, "sq_norm": norm, "relative_error": err / max(norm, 1e-30)}
+
+
 def _check_dim(x: np.ndarray, dim: int | None) -> None:
     if dim is not None and x.shape[1] != dim:
         raise DimensionMismatchError(

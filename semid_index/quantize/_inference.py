@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..errors import EmptyInputError, InvalidCodesError, ModelFileError
-from ._data import DEFAULT_CHUNK_BYTES, Source, check_batch, make_source
-from ._kernels import Codebook, Encoder, normalize_rows_
+from ..errors import DimensionMismatchError, EmptyInputError, InvalidCodesError, ModelFileError
+from ._data import DEFAULT_CHUNK_BYTES, Source, as_float_tensor, check_batch, make_source
+from ._kernels import Codebook, Encoder, normalize_rows_, sq_dists
 from ._metrics import QualityReport, code_statistics
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class CodesMixin:
         @classmethod
         def from_codebooks(cls, codebooks: Sequence, *, normalize_residuals: bool = False,
                            residual_scales: Sequence[float] | None = None,
+                           prices: Sequence | None = None,
                            device: str | torch.device = "cpu") -> ResidualKMeans: ...
 
     # ------------------------------------------------------------------ inference
@@ -115,6 +116,32 @@ class CodesMixin:
                 out.mul_(float(self.residual_scales_[lv + 1]))
             out.add_(self.codebooks_[lv].index_select(0, c[:, lv]))
         return out.cpu()
+
+    def level_distances(self, X, codes, level: int = -1) -> torch.Tensor:
+        """Squared distances (N, K_level) float32 from each row's input to ``level`` (default the
+        last; 0-based) to every centroid of that level, the earlier levels following ``codes``
+        (N, L) (with ``normalize_residuals``, the normalised input, as encoding sees it). Prices
+        are not included: these are true distances (used to relocate colliding items)."""
+        self._check_fitted()
+        L = len(self._books)
+        lv = level % L
+        x = as_float_tensor(X).to(self._device)
+        c = torch.as_tensor(np.asarray(codes), dtype=torch.int64).to(self._device)
+        check_batch(x, self.n_features_in_, expected_from="the model was trained with")
+        if c.ndim != 2 or c.shape != (x.shape[0], L):
+            raise DimensionMismatchError(f"codes must have shape ({x.shape[0]}, {L}), "
+                                         f"got {tuple(c.shape)}")
+        out = torch.empty(x.shape[0], self.codebook_sizes_[lv], device=self._device)
+        for a in range(0, x.shape[0], 8192):
+            r = x[a:a + 8192].clone()
+            for m in range(lv + 1):
+                if self.normalize_residuals:
+                    normalize_rows_(r)
+                if m == lv:
+                    out[a:a + 8192] = sq_dists(r, self._books[m].centroids)
+                else:
+                    r.sub_(self._books[m].centroids.index_select(0, c[a:a + 8192, m]))
+        return out
 
     def quality(self, X) -> QualityReport:
         """Quality report over a whole data set (streamed): see :class:`QualityReport`."""

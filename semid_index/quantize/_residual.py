@@ -564,10 +564,11 @@ class ResidualKMeans(CodesMixin):
         model = cls(len(books), [b.shape[0] for b in books],
                     normalize_residuals=normalize_residuals, device=device)
         model._reset(books[0].shape[1], [b.shape[0] for b in books])
-        model._levels = [KMeansLevel(b.to(model._device)) for b in books]
+        levels = [KMeansLevel(b.to(model._device)) for b in books]
         if prices is not None:
-            for lv, p in zip(model._levels, _checked_prices(prices, [b.shape[0] for b in books])):
+            for lv, p in zip(levels, _checked_prices(prices, [b.shape[0] for b in books])):
                 lv.price = p.to(model._device) if bool(p.any()) else None
+        model._levels = list(levels)
         if residual_scales is not None:
             model._scales = [float(s) for s in residual_scales]
         model._finish()

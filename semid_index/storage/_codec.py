@@ -16,6 +16,7 @@ Layout (all integers little-endian)::
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import struct
 
@@ -87,3 +88,31 @@ def decode_array(blob: bytes | bytearray | memoryview) -> np.ndarray:
     if hashlib.sha256(payload).digest() != digest:
         raise CorruptBlobError("array blob checksum mismatch: the stored bytes were altered")
     return np.frombuffer(payload, dtype=dtype).reshape(shape).copy()
+
+
+def encode_prices(prices: list[np.ndarray]) -> list[str]:
+    """A balanced version's per-level prices, each (G_l, K_l) float32, as base64 text of
+    :func:`encode_array` blobs (kept in the version's JSON header)."""
+    return [base64.b64encode(encode_array(np.asarray(p, dtype="<f4"))).decode("ascii")
+            for p in prices]
+
+
+def decode_prices(texts, where: str) -> list[np.ndarray]:
+    """Inverse of :func:`encode_prices`, every blob verified: 2-d finite float32 arrays."""
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise CorruptBlobError(f"{where}: the prices in the header are not a list of blobs")
+    out = []
+    for lv, text in enumerate(texts):
+        try:
+            raw = base64.b64decode(text.encode("ascii"), validate=True)
+        except (ValueError, UnicodeEncodeError):
+            raise CorruptBlobError(f"{where}: level-{lv + 1} prices are not base64") from None
+        try:
+            p = decode_array(raw)
+        except CorruptBlobError as e:
+            raise CorruptBlobError(f"{where}, level-{lv + 1} prices: {e}") from None
+        if p.dtype != np.float32 or p.ndim != 2 or not np.isfinite(p).all():
+            raise CorruptBlobError(f"{where}: level-{lv + 1} prices are {p.dtype} {p.shape}, "
+                                   "not finite 2-d float32")
+        out.append(p)
+    return out
