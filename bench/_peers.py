@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -62,7 +62,7 @@ def semantic_id_codes(x: np.ndarray, n_levels: int, k: int, *, balanced: bool, s
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
-    impl = "constrained" if balanced else "kmeans"
+    impl: Literal["kmeans", "constrained"] = "constrained" if balanced else "kmeans"
     model = RQKMeans(n_levels=n_levels, n_clusters=k, implementation=impl, random_state=seed)
 
     limit: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()

@@ -6,17 +6,19 @@
 
 Prints one table: train seconds, encode items/s, relative MSE ||x - x_hat||^2 / ||x||^2, peak RSS
 while the method ran, and the fraction of the fp32 GEMM ceiling measured in the same run, plus the
-ratios against faiss. Every method encodes with greedy residual assignment (the prefix property)
-and is timed the same way: ``--repeat`` rounds run every method once each (round robin, so a slow
-spell of a shared VM hits all alike), each keeps its best training time and its best of 3 encodes.
-The GEMM ceiling is the best fp32 GEMM rate seen in any round. ``--stream`` adds a streaming fit over a
-1M x 256 memmap, run in a child process so its peak RSS is its own.
+ratios against "faiss 256/c". Every method encodes with greedy residual assignment (the prefix
+property) and is timed the same way: ``--repeat`` rounds run every method once each (round robin,
+so a slow spell of a shared VM hits all alike), each keeps its best training time and its best of
+3 encodes. The GEMM ceiling is the best fp32 GEMM rate seen in any round. ``--stream`` adds a
+streaming fit over a 1M x 256 memmap, run in a child process so its peak RSS is its own.
 
-Peers run at their best settings: faiss.Kmeans per level (its defaults: 25 iterations on at most
-256 points per centroid, i.e. it subsamples) with IndexFlatL2 search; scikit-learn's
-MiniBatchKMeans per level with batch 4096 (its docs' advice for multi-core) and its default early
-stopping. OpenBLAS kernel choice for the peers follows OPENBLAS_CORETYPE as set when this script
-starts (pass --openblas-coretype to set it): the header prints what threadpoolctl reports.
+Peers: faiss.Kmeans per level with IndexFlatL2 search, in two settings: "faiss 256/c" (its
+defaults: 25 iterations on at most 256 points per centroid, i.e. when N > 256 K it trains each
+level on a random subsample of 256 K residuals) and "faiss all/20" (20 iterations on all N
+residuals: ``max_points_per_centroid=10**9``, no subsampling); scikit-learn's MiniBatchKMeans per
+level with batch 4096 (its docs' advice for multi-core), its default early stopping and
+``n_init``. OpenBLAS kernel choice for the peers follows OPENBLAS_CORETYPE as set when this
+script starts (pass --openblas-coretype to set it): the header prints what threadpoolctl reports.
 """
 
 from __future__ import annotations
@@ -85,6 +87,16 @@ def best_of(fn, repeat):
     return min(times), out
 
 
+def blas_kernels() -> str:
+    """The BLAS libraries numpy/faiss loaded and their kernels, as threadpoolctl reports them."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "threadpoolctl not installed"
+    return "; ".join(f"{i['internal_api']} {i.get('architecture', '?')}"
+                     for i in threadpool_info() if i["user_api"] == "blas")
+
+
 def gemm_ceiling(threads: int) -> dict:
     """Best fp32 GEMM throughput (GFLOP/s) this process reaches, over the routes it has."""
     n = 2048
@@ -133,67 +145,82 @@ def run_ours(x, levels, k, threads, backend="linear", **kw):
     return t_train, t_enc, rel_mse(x, xhat), mem.peak
 
 
-def run_faiss(x, levels, k, threads):
+def faiss_books(x, levels, k, *, niter=25, max_points_per_centroid=256):
+    """Residual faiss k-means: per level ``faiss.Kmeans(d, k, niter, seed=lv + 1,
+    max_points_per_centroid)`` trained on the residuals, then each residual minus its nearest
+    centroid. Returns the ``levels`` codebooks, each (k, d) float32."""
+    import faiss
+    d = x.shape[1]
+    r = x.copy()
+    books = []
+    for lv in range(levels):
+        km = faiss.Kmeans(d, k, niter=niter, seed=lv + 1, verbose=False,
+                          max_points_per_centroid=max_points_per_centroid)
+        km.train(r)
+        books.append(km.centroids.copy())
+        _, idx = km.index.search(r, 1)
+        r -= books[-1][idx[:, 0]]
+    return books
+
+
+def faiss_encode(x, books):
+    """Greedy residual codes (N, L) int64 of ``x`` against faiss ``books``: per level the
+    nearest centroid (IndexFlatL2) of the residual, which is then subtracted."""
+    import faiss
+    d = x.shape[1]
+    r = x.copy()
+    codes = np.empty((len(x), len(books)), dtype=np.int64)
+    for lv, c in enumerate(books):
+        ix = faiss.IndexFlatL2(d)
+        ix.add(c)
+        _, idx = ix.search(r, 1)
+        codes[:, lv] = idx[:, 0]
+        r -= c[idx[:, 0]]
+    return codes
+
+
+def run_faiss(x, levels, k, threads, niter=25, max_points_per_centroid=256):
     import faiss
     faiss.omp_set_num_threads(threads)
-    d = x.shape[1]
-
-    def train():
-        r = x.copy()
-        books = []
-        for lv in range(levels):
-            km = faiss.Kmeans(d, k, niter=25, seed=lv + 1, verbose=False)
-            km.train(r)
-            books.append(km.centroids.copy())
-            _, idx = km.index.search(r, 1)
-            r -= books[-1][idx[:, 0]]
-        return books
-
-    def encode(books):
-        indexes = []
-        for c in books:
-            ix = faiss.IndexFlatL2(d)
-            ix.add(c)
-            indexes.append(ix)
-        r = x.copy()
-        codes = np.empty((len(x), levels), dtype=np.int64)
-        for lv, ix in enumerate(indexes):
-            _, idx = ix.search(r, 1)
-            codes[:, lv] = idx[:, 0]
-            r -= books[lv][idx[:, 0]]
-        return codes
 
     with PeakRSS() as mem:
-        t_train, books = best_of(train, 1)
-        t_enc, codes = best_of(lambda: encode(books), ENCODE_REPEAT)
+        t_train, books = best_of(lambda: faiss_books(
+            x, levels, k, niter=niter, max_points_per_centroid=max_points_per_centroid), 1)
+        t_enc, codes = best_of(lambda: faiss_encode(x, books), ENCODE_REPEAT)
     xhat = sum(b[codes[:, lv]] for lv, b in enumerate(books))
     return t_train, t_enc, rel_mse(x, xhat), mem.peak
 
 
-def run_sklearn(x, levels, k, threads):
+def sklearn_models(x, levels, k):
+    """Residual scikit-learn MiniBatchKMeans: per level ``MiniBatchKMeans(k, batch_size=4096,
+    random_state=lv, n_init="auto")`` (its defaults otherwise) fitted on the residuals, then each
+    residual minus its predicted centroid. Returns the ``levels`` fitted models."""
     from sklearn.cluster import MiniBatchKMeans
+    r = x.copy()
+    models = []
+    for lv in range(levels):
+        m = MiniBatchKMeans(k, batch_size=4096, random_state=lv, n_init="auto").fit(r)
+        models.append(m)
+        r -= m.cluster_centers_[m.predict(r)].astype(np.float32)
+    return models
+
+
+def sklearn_encode(x, models):
+    """Greedy residual codes (N, L) int64 of ``x`` against fitted MiniBatchKMeans ``models``."""
+    r = x.copy()
+    codes = np.empty((len(x), len(models)), dtype=np.int64)
+    for lv, m in enumerate(models):
+        codes[:, lv] = m.predict(r)
+        r -= m.cluster_centers_[codes[:, lv]].astype(np.float32)
+    return codes
+
+
+def run_sklearn(x, levels, k, threads):
     from threadpoolctl import threadpool_limits
 
-    def train():
-        r = x.copy()
-        models = []
-        for lv in range(levels):
-            m = MiniBatchKMeans(k, batch_size=4096, random_state=lv, n_init="auto").fit(r)
-            models.append(m)
-            r -= m.cluster_centers_[m.predict(r)].astype(np.float32)
-        return models
-
-    def encode(models):
-        r = x.copy()
-        codes = np.empty((len(x), levels), dtype=np.int64)
-        for lv, m in enumerate(models):
-            codes[:, lv] = m.predict(r)
-            r -= m.cluster_centers_[codes[:, lv]].astype(np.float32)
-        return codes
-
     with threadpool_limits(threads), PeakRSS() as mem:
-        t_train, models = best_of(train, 1)
-        t_enc, codes = best_of(lambda: encode(models), ENCODE_REPEAT)
+        t_train, models = best_of(lambda: sklearn_models(x, levels, k), 1)
+        t_enc, codes = best_of(lambda: sklearn_encode(x, models), ENCODE_REPEAT)
     xhat = sum(m.cluster_centers_[codes[:, lv]] for lv, m in enumerate(models))
     return t_train, t_enc, rel_mse(x, xhat), mem.peak
 
@@ -250,7 +277,8 @@ def main(argv=None):
                    help="rounds of every method (round robin); each keeps its best time")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--datasets", default="synth,glove")
-    p.add_argument("--methods", default="ours,ours-mkldnn,faiss,sklearn")
+    p.add_argument("--methods", default="ours,ours-mkldnn,faiss 256/c,faiss all/20,sklearn",
+                   help="comma-separated; 'faiss' is an alias of 'faiss 256/c'")
     p.add_argument("--stream", action="store_true",
                    help="also fit a 1M x 256 memmap in a child process and report its peak RSS")
     p.add_argument("--stream-rows", type=int, default=1_000_000)
@@ -261,12 +289,7 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
 
     ceiling = gemm_ceiling(a.threads)
-    try:
-        from threadpoolctl import threadpool_info
-        blas = "; ".join(f"{i['internal_api']} {i.get('architecture', '?')}"
-                         for i in threadpool_info() if i["user_api"] == "blas")
-    except ImportError:
-        blas = "threadpoolctl not installed"
+    blas = blas_kernels()
     print(f"# torch {torch.__version__}, {a.threads} threads, GEMM backend default "
           f"{get_gemm_backend()}; BLAS: {blas}; OPENBLAS_CORETYPE="
           f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
@@ -287,13 +310,15 @@ def main(argv=None):
     runners = {  # one train + best-of-3 encode per call; repeats are done round robin below
         "ours": lambda x: run_ours(x, a.levels, a.k, a.threads, get_gemm_backend()),
         "ours-mkldnn": lambda x: run_ours(x, a.levels, a.k, a.threads, "mkldnn"),
-        "faiss": lambda x: run_faiss(x, a.levels, a.k, a.threads),
+        "faiss 256/c": lambda x: run_faiss(x, a.levels, a.k, a.threads),  # subsampled
+        "faiss all/20": lambda x: run_faiss(x, a.levels, a.k, a.threads, niter=20,
+                                            max_points_per_centroid=10**9),
         "sklearn": lambda x: run_sklearn(x, a.levels, a.k, a.threads),
     }
     hdr = ("| data | method | train s | encode items/s | rel MSE | peak RSS MB | "
-           "encode GFLOP/s | % of GEMM ceiling | train / faiss | encode / faiss | "
-           "MSE / faiss |")
-    methods = a.methods.split(",")
+           "encode GFLOP/s | % of GEMM ceiling | train / faiss 256/c | "
+           "encode / faiss 256/c | MSE / faiss 256/c |")
+    methods = ["faiss 256/c" if m.strip() == "faiss" else m.strip() for m in a.methods.split(",")]
     for m in methods:
         if m not in runners:
             raise SystemExit(f"unknown method {m!r}; choose from {sorted(runners)}")
@@ -319,7 +344,7 @@ def main(argv=None):
     rows = []
     for dname, shape, results in measured:
         flops = 2.0 * shape[0] * shape[1] * a.k * a.levels
-        base = results.get("faiss")
+        base = results.get("faiss 256/c")
         for m, (tt, te, mse, peak) in results.items():
             gf = flops / te / 1e9
             ratios = ("-", "-", "-") if base is None else (

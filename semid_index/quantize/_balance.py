@@ -17,8 +17,7 @@ prefix property holds under the priced distance. Pure PyTorch, any device.
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import torch
 
 #: Upper bound on the (rows x K) score matrix the prices are solved on, in floats (512 MiB):
@@ -35,94 +34,92 @@ def balanced_prices(scores: torch.Tensor, groups: torch.Tensor | None, n_groups:
                     slack: float, prices: torch.Tensor | None = None,
                     max_rounds: int = MAX_ROUNDS) -> tuple[torch.Tensor, torch.Tensor]:
     """Prices (G, K) under which ``argmin_k scores[i, k] + prices[groups[i], k]`` gives every
-    code of every group between :func:`bounds` rows of that group (each within
-    :func:`tolerance`), and those labels (n,) int64.
+    code of every group between ``(1 - slack)`` and ``(1 + slack)`` times its even share of the
+    group's rows (each bound give or take 2%, at least one row), and those labels (n,) int64.
 
     scores : (n, K) float32, ``||c_k||^2 - 2 x_i . c_k`` (any per-row constant may be added).
     groups : (n,) int64 in ``0..n_groups-1`` (the rows' parent codes), or None: one group.
-    slack : the balance slack s of :func:`bounds`.
     prices : (G, K) start values (the previous iteration's), copied; default zeros.
 
     Each round moves every over-full code's price up by the regret of its ``m``-th cheapest row
     to move (``m`` rows too many) and every under-full code's price down by the ``m``-th smallest
     extra cost a row of its group would pay to join it (``m`` rows short); stops when all codes
-    are within bounds (give or take the tolerance) or after ``max_rounds`` (callers warm-start
-    the next call).
+    are within bounds or after ``max_rounds`` (callers warm-start the next call). Runs in numpy
+    (single-threaded: the rounds are many small array operations); results go back to the
+    scores' device.
 
     Example
     -------
-    >>> s = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [5.0, 0.0]])
+    >>> s = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [0.0, 4.0], [0.0, 5.0],
+    ...                   [5.0, 0.0]])
     >>> p, lab = balanced_prices(s, None, 1, slack=0.0)
-    >>> lab.tolist()       # the row that loses least by moving (regret 1) moves
-    [1, 0, 0, 1]
+    >>> lab.tolist()       # 3 rows per code: the two rows that lose least by moving move
+    [1, 1, 0, 0, 0, 1]
     """
-    n, k = scores.shape
     dev = scores.device
-    g = torch.zeros(n, dtype=torch.int64, device=dev) if groups is None else groups
-    p = torch.zeros(n_groups, k, dtype=scores.dtype, device=dev) if prices is None else \
-        prices.to(dev, scores.dtype).clone()
+    s = scores.detach().cpu().numpy()
+    n, k = s.shape
+    g = np.zeros(n, dtype=np.int64) if groups is None else groups.cpu().numpy()
+    p = np.zeros((n_groups, k), dtype=np.float32) if prices is None else \
+        prices.detach().cpu().numpy().astype(np.float32, copy=True).reshape(n_groups, k)
     if k == 1 or n == 0:
-        return p, torch.zeros(n, dtype=torch.int64, device=dev)
-    sizes = torch.bincount(g, minlength=n_groups).double()
-    mean = sizes / k
-    high = torch.ceil((1.0 + slack) * mean - 1e-9).clamp(min=1).long()      # (G,)
-    low = torch.floor((1.0 - slack) * mean + 1e-9).clamp(min=0).long()
-    hi_tol = high + torch.clamp(high // 50, min=1)
-    lo_tol = torch.where(low > 0, low - torch.clamp(low // 50, min=1), low)
-    flat = p.view(-1)
+        return torch.from_numpy(p).to(dev), torch.zeros(n, dtype=torch.int64, device=dev)
+    mean = np.bincount(g, minlength=n_groups) / k
+    high = np.maximum(np.ceil((1.0 + slack) * mean - 1e-9), 1).astype(np.int64)    # (G,)
+    low = np.maximum(np.floor((1.0 - slack) * mean + 1e-9), 0).astype(np.int64)
+    hi_tol = (high + np.maximum(high // 50, 1))[:, None]
+    lo_tol = np.where(low > 0, low - np.maximum(low // 50, 1), 0)[:, None]
+    flat = p.reshape(-1)
     step = None
+    rows = np.arange(n)
+    lab = np.zeros(n, dtype=np.int64)
     for _ in range(max_rounds):
-        a = scores + p.index_select(0, g)
-        lab, best, regret = _best_two(a)
+        a = s + p[g]
+        lab, best, regret = _best_two(a, rows)
         pair = g * k + lab
-        counts = torch.bincount(pair, minlength=n_groups * k)                # (G K,)
-        over = counts.view(n_groups, k) - high.unsqueeze(1)
-        short = lo_tol.unsqueeze(1) - counts.view(n_groups, k)
-        full = (counts.view(n_groups, k) > hi_tol.unsqueeze(1)).view(-1).nonzero()[:, 0]
-        under = (short > 0).view(-1).nonzero()[:, 0]
-        if full.numel() == 0 and under.numel() == 0:
-            return p, lab
+        counts = np.bincount(pair, minlength=n_groups * k)
+        c2 = counts.reshape(n_groups, k)
+        full = np.flatnonzero(c2 > hi_tol)
+        under = np.flatnonzero(c2 < lo_tol)
+        if full.size == 0 and under.size == 0:
+            break
         if step is None:  # the overshoot, fixed for the call: a share of the typical regret
-            step = OVERSHOOT * float(regret.median()) + 1e-7 * float(best.abs().max())
-        if full.numel():
+            step = OVERSHOOT * float(np.median(regret)) + 1e-7 * float(np.abs(best).max())
+        if full.size:
             # rows grouped by (group, code), each run in ascending regret: the m cheapest rows
             # of an over-full code are the ones its price increase should move out
-            order = _grouped_order(regret, pair)
-            starts = torch.cumsum(counts, 0) - counts
-            pick = order.index_select(0, starts.index_select(0, full) +
-                                      over.view(-1).index_select(0, full) - 1)
-            flat.index_add_(0, full, regret.index_select(0, pick) + step)
-        if under.numel():
+            order = np.lexsort((regret, pair))
+            starts = np.cumsum(counts) - counts
+            over = counts[full] - np.repeat(high, k)[full]
+            flat[full] += regret[order[starts[full] + over - 1]] + step
+        elif under.size:  # (one side per round: both at once overshoot and oscillate)
             # the m-th smallest extra cost of joining an under-full code, over the rows of its
             # group not in it: lower its price by that much and those m rows come
-            want = torch.zeros(n_groups * k, dtype=torch.bool, device=dev)
+            want = np.zeros(n_groups * k, dtype=bool)
             want[under] = True
-            cand = want.view(n_groups, k).index_select(0, g)                  # (n, K)
-            cand.scatter_(1, lab.unsqueeze(1), False)
-            rows, cols = cand.nonzero(as_tuple=True)
-            extra = a[rows, cols] - best.index_select(0, rows)
-            target = g.index_select(0, rows) * k + cols
-            order = _grouped_order(extra, target)
-            avail = torch.bincount(target, minlength=n_groups * k)
-            starts = torch.cumsum(avail, 0) - avail
-            need = torch.minimum(low.unsqueeze(1).expand(n_groups, k).reshape(-1)
-                                 .index_select(0, under) - counts.index_select(0, under),
-                                 avail.index_select(0, under)).clamp(min=1)
-            ok = avail.index_select(0, under) > 0
+            cand = want.reshape(n_groups, k)[g]
+            cand[rows, lab] = False
+            r, c = np.nonzero(cand)
+            extra = a[r, c] - best[r]
+            target = g[r] * k + c
+            order = np.lexsort((extra, target))
+            avail = np.bincount(target, minlength=n_groups * k)
+            starts = np.cumsum(avail) - avail
+            need = np.minimum(np.repeat(low, k)[under] - counts[under], avail[under])
+            ok = need > 0
             under, need = under[ok], need[ok]
-            pick = order.index_select(0, starts.index_select(0, under) + need - 1)
-            flat.index_add_(0, under, -(extra.index_select(0, pick) + step))
-    return p, _best_two(scores + p.index_select(0, g))[0]
+            flat[under] -= extra[order[starts[under] + need - 1]] + step
+    else:
+        lab = _best_two(s + p[g], rows)[0]
+    return torch.from_numpy(p).to(dev), torch.from_numpy(lab).to(dev)
 
 
-def _grouped_order(values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Indices sorting by ``keys``, then by ``values`` within equal keys (both (m,))."""
-    order = torch.argsort(values, stable=True)
-    return order.index_select(0, torch.argsort(keys.index_select(0, order), stable=True))
-
-
-def _best_two(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(labels (n,), best (n,), regret (n,)) of a (n, K): each row's smallest entry, its value,
-    and how much more the second smallest is."""
-    vals, idx = torch.topk(a, 2, dim=1, largest=False, sorted=True)
-    return idx[:, 0].contiguous(), vals[:, 0], vals[:, 1] - vals[:, 0]
+def _best_two(a: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels (n,), best (n,), regret (n,)) of a (n, K): each row's smallest entry (the first
+    on ties), its value, and how much more the second smallest is."""
+    lab = np.argmin(a, axis=1)
+    best = a[rows, lab]
+    a[rows, lab] = np.inf
+    second = a.min(axis=1)
+    a[rows, lab] = best
+    return lab, best, second - best
