@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ._balance import MAX_ROUNDS, PRICE_FLOATS, balanced_prices
+from ._balance import PRICE_FLOATS, balanced_prices
 
 #: Balanced Lloyd: auction rounds per iteration (the prices carry over, so a few suffice until
-#: the last assignment, which gets MAX_ROUNDS), and the share of rows changing code below which
+#: the last assignment, which gets FINAL_ROUNDS), and the share of rows changing code below which
 #: the iterations stop.
 ROUNDS_PER_ITERATION = 8
+FINAL_ROUNDS = 160
 SETTLED = 1e-3
 from ._kernels import block_rows, row_sq_norms, scores
 
@@ -105,7 +106,7 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = No
             break
         prev = inertia
     if balance is not None:  # the final labels: prices solved to the end
-        lab = assign(MAX_ROUNDS)
+        lab = assign(FINAL_ROUNDS)
     counts = torch.bincount(lab, minlength=k).double()
     inertia = _inertia(xsq, level.centroids, _sums(x, lab, k), counts)
     return LloydResult(lab, counts, max(inertia, 0.0), done, converged)

@@ -113,8 +113,12 @@ class ResidualKMeans(CodesMixin):
         training rows, by per-code prices added to the distance (``prices_``; see
         :mod:`semid_index.quantize._balance`). Encoding adds the same prices, so new items spread
         like the training rows. Costs a little reconstruction error, buys near-uniform code sizes
-        and far fewer collisions; ``0.1`` is a good start, ``0`` asks for exact balance. Needs the
-        layer-wise default mode.
+        and far fewer collisions; ``0.1`` is a good start, ``0`` asks for exact balance. The
+        price auction stops at a round budget, so sizes end within about ``(1 +- (s + 0.1))``
+        times the even share. A list gives one slack (or None: unbalanced) per level; level
+        ``l > 1`` balances the items of each level-``(l-1)`` code over its codes (prices
+        (K_(l-1), K_l)), which is what keeps prefixes from overflowing. Needs the layer-wise
+        default mode.
     init : "k-means++" or sequence of (K_l, D) arrays, default "k-means++"
         How each level starts: greedy k-means++ seeding, or given centroids (a warm start, e.g.
         the codebooks of a previous fit: a refit on a grown catalog then keeps most items'
