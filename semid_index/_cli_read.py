@@ -91,8 +91,11 @@ def prefix(db, index_name, as_json, prefix, limit, cursor, count_only):
 @click.option("--embeddings", type=click.Path(dir_okay=False),
               help="Also report the reconstruction error of these embeddings (.npy/.npz/.parquet).")
 @click.option("--column", help="The .npz array or Parquet column of --embeddings.")
+@click.option("--keys", "keys_file", type=click.Path(dir_okay=False),
+              help="Item keys of the --embeddings rows, one per line: report on their stored IDs "
+                   "(reconstruction error against the fit's: drift; neighbour preservation).")
 @click.option("--version", "version", type=int, help="A version other than the active one.")
-def stats(db, index_name, as_json, embeddings, column, version):
+def stats(db, index_name, as_json, embeddings, column, keys_file, version):
     """The quality report: per-level utilisation, dead codes, entropy and perplexity, collided
     and suffixed shares, largest group, unique share at each depth (and the relative
     reconstruction error with --embeddings).
@@ -100,14 +103,20 @@ def stats(db, index_name, as_json, embeddings, column, version):
     \b
     semid stats
     semid stats --embeddings vectors.npy
+    semid stats --embeddings added.npy --keys added.txt
     """
     with _open(db, index_name) as idx:
         s = idx.stats(version=version)
         if s.n_items == 0:
             _fail(f"index {s.name!r} has no items yet: run semid fit first")
-        x = None if not embeddings else \
-            io.read_embeddings(embeddings, column=column, row_numbers=True)[1]
-        cs = idx.code_report(x, version=version)
+        keys = x = None
+        if keys_file and not embeddings:
+            _fail("--keys needs --embeddings (one row per key)")
+        if embeddings and keys_file:
+            keys, x = io.read_embeddings(embeddings, keys_file=keys_file, column=column)
+        elif embeddings:
+            x = io.read_embeddings(embeddings, column=column, row_numbers=True)[1]
+        cs = idx.code_report(x, keys=keys, version=version)
     rel = cs["relative_error"]
     out = {"index": s.name, "db": s.url, "version": s.version, "n_versions": s.n_versions,
            "n_items": s.n_items, "dim": s.dim, "codebook_sizes": list(s.codebook_sizes),
@@ -116,7 +125,9 @@ def stats(db, index_name, as_json, embeddings, column, version):
            "n_suffixed": s.n_suffixed, "suffixed_share": s.suffixed_share,
            "largest_group": s.largest_group, "max_suffix": s.max_suffix,
            "unique_share": cs["unique_share"], "levels": [vars(lv) for lv in cs["levels"]],
-           "relative_error": rel, "fit": cs.get("fit") or {}}
+           "relative_error": rel, "fit": cs.get("fit") or {},
+           "neighbour_preservation": cs.get("neighbour_preservation"),
+           "code_size_shift": cs.get("code_size_shift")}
     if as_json:
         io.emit_json(out)
         return
@@ -141,7 +152,17 @@ def stats(db, index_name, as_json, embeddings, column, version):
     if "relative_error" in fit:
         click.echo(f"relative error at fit: {fit['relative_error']:.4f}")
     if rel is not None:
-        click.echo(f"relative error ||x - x_hat||^2 / ||x||^2: {rel:.4f}")
+        click.echo(f"relative error ||x - x_hat||^2 / ||x||^2: {rel:.4f}"
+                   + (f" (of the {len(keys):,} given items, under their stored IDs)" if keys
+                      else ""))
+    if cs.get("neighbour_preservation") is not None:
+        click.echo("neighbour preservation (share of 10 nearest neighbours sharing the first k "
+                   "codes): " + ", ".join(f"@{k + 1} {v:.3f}" for k, v in
+                                         enumerate(cs["neighbour_preservation"])))
+    if cs.get("code_size_shift") is not None:
+        click.echo("code-size shift against the whole version (total variation): " +
+                   ", ".join(f"level {k + 1} {v:.3f}" for k, v in
+                             enumerate(cs["code_size_shift"])))
 
 
 @main.command(name="compare-versions", context_settings=_CTX)

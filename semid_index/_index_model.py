@@ -110,7 +110,7 @@ class IndexModel(IndexReads):
                 held = self.lookup_many(keys, version=at)
                 codes = np.array([sid.levels for sid in held if sid is not None],
                                  dtype=np.int64)
-                xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+                xt = torch.from_numpy(np.array(x, dtype=np.float32))  # a writable copy
                 if model.normalize_residuals:
                     xt = torch.nn.functional.normalize(xt, dim=1)
                 err = float(((xt - model.decode(torch.from_numpy(codes)).cpu()) ** 2)
