@@ -245,7 +245,7 @@ class SemanticIdIndex(IndexModel):
                                          "has none yet")
                 start = self.model
                 _check_dim(x, start.n_features_in_)
-                opts["init"] = start.get_codebooks()
+                opts["init"] = start  # its codebooks, and prices if balanced
             model = ResidualKMeans(rec.n_levels, list(rec.codebook_sizes), **opts,
                                    verbose=bool(progress))
             model.fit(validated(x))

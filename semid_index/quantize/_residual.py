@@ -119,10 +119,11 @@ class ResidualKMeans(CodesMixin):
         ``l > 1`` balances the items of each level-``(l-1)`` code over its codes (prices
         (K_(l-1), K_l)), which is what keeps prefixes from overflowing. Needs the layer-wise
         default mode.
-    init : "k-means++" or sequence of (K_l, D) arrays, default "k-means++"
+    init : "k-means++", sequence of (K_l, D) arrays, or a fitted ResidualKMeans
         How each level starts: greedy k-means++ seeding, or given centroids (a warm start, e.g.
         the codebooks of a previous fit: a refit on a grown catalog then keeps most items'
-        prefixes). Given centroids skip the mini-batch phase and go straight to Lloyd iterations.
+        prefixes; a fitted model also passes its balanced prices). Given centroids skip the
+        mini-batch phase and go straight to Lloyd iterations.
     check_input : bool, default True
         Read every row once to reject NaN/inf anywhere, not only in the sampled rows.
     seed : int, default 0
@@ -314,9 +315,16 @@ class ResidualKMeans(CodesMixin):
             return None
         if self.mode != "default" or not self.train_layer_wise:
             raise ConfigError("init with given centroids needs the layer-wise default mode")
+        source = self.init
+        self._init_prices = None
+        if isinstance(source, ResidualKMeans):  # a fitted model: its codebooks and prices
+            prices = source.get_prices()
+            if prices is not None:
+                self._init_prices = _checked_prices(prices, sizes)
+            source = source.get_codebooks()
         try:
             books = [as_float_tensor(b, name=f"init codebook {i + 1}")
-                     for i, b in enumerate(self.init)]
+                     for i, b in enumerate(source)]
         except TypeError:
             raise ConfigError("init must be 'k-means++' or a sequence of (K_l, D) arrays, got "
                               f"{type(self.init).__name__}") from None
@@ -351,6 +359,7 @@ class ResidualKMeans(CodesMixin):
         self.prices_ = [torch.zeros(1, lv.k, device=lv.centroids.device) if lv.price is None
                         else lv.price for lv in levels]
         self.__dict__.pop("_parent", None)
+        self.__dict__.pop("_init_prices", None)
         self.residual_scales_ = torch.tensor(self._scales, dtype=torch.float64)
         self._books = [Codebook(c, p) for c, p in zip(self.codebooks_, self.prices_)]
         self._encoder = Encoder(self._books, self.normalize_residuals)
@@ -385,6 +394,9 @@ class ResidualKMeans(CodesMixin):
         self._normalize_input(lv, x)
         if init is not None:
             level = KMeansLevel(init)
+            start = getattr(self, "_init_prices", None)
+            if start is not None and bool(start[lv].any()):
+                level.price = start[lv].to(self._device)
             level.reassign_window = min(self._n_train, REASSIGN_WINDOW * level.k)
             self._levels[lv] = level
         else:
