@@ -41,6 +41,22 @@ def _sums(x: torch.Tensor, lab: torch.Tensor, k: int, rows: int = 1 << 16) -> to
     return out
 
 
+def _update_sums(sums: torch.Tensor, x: torch.Tensor, old: torch.Tensor, new: torch.Tensor,
+                 k: int) -> tuple[torch.Tensor, int]:
+    """Per-centroid sums (K, D) float64 after labels went from ``old`` to ``new`` (n,), and how
+    many rows changed code. Only the rows that moved are read (after the first iterations a few
+    percent), unless a quarter or more moved: then all rows are summed again. float64 sums of
+    float32 rows take the moves back out exactly enough (the error stays ~1e-16 relative)."""
+    moved = (old != new).nonzero()[:, 0]
+    if moved.numel() * 4 >= x.shape[0]:
+        return _sums(x, new, k), int(moved.numel())
+    if moved.numel():
+        rows = x.index_select(0, moved).double()
+        sums.index_add_(0, new.index_select(0, moved), rows)
+        sums.index_add_(0, old.index_select(0, moved), rows.neg_())
+    return sums, int(moved.numel())
+
+
 def _inertia(xsq: float, centroids: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor):
     """sum ||x - c_label||^2 from per-centroid sums: ||x||^2 - 2 c.S + n ||c||^2 (fp64)."""
     c = centroids.double()
@@ -58,20 +74,25 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = No
     (:func:`._balance.balanced_prices`, kept in ``level.price``, (n_groups, K)) keep the rows of
     each parent code (``parent`` (n,), the rows' codes at the level above, in 0..n_groups-1)
     between ``(1 - s)`` and ``(1 + s)`` times their even share of every code. They are solved on
-    the first ``PRICE_FLOATS / K`` rows of x (x is in random order, so any prefix is a uniform
-    sample) and every row is assigned with them.
+    at most ``PRICE_FLOATS / K`` rows spread evenly over x (all rows when they fit) and every
+    row is assigned with them.
     """
     k = level.k
     n = x.shape[0]
     rows = block_rows(k, rows)  # score blocks of up to 16 MiB: few, large GEMMs
     xsq = float(row_sq_norms(x).double().sum())
     m = n if balance is None else min(n, max(k, PRICE_FLOATS // k))
-    groups = None if parent is None or n_groups == 1 else parent[:m]
+    # the rows the prices are solved on: all, or a systematic sample of m spread over x
+    sub = None if m == n else (torch.arange(m, device=x.device) * n) // m
+    groups = None if parent is None or n_groups == 1 else \
+        parent if sub is None else parent.index_select(0, sub)
 
     def assign(rounds: int = ROUNDS_PER_ITERATION):
         if balance is not None:
-            s = torch.cat([scores(x[a:a + rows], level.book.neg2c,
+            xs = x if sub is None else x.index_select(0, sub)
+            s = torch.cat([scores(xs[a:a + rows], level.book.neg2c,
                                   level.centroids.square().sum(1)) for a in range(0, m, rows)])
+            del xs
             price, lab = balanced_prices(s, groups, n_groups if groups is not None else 1,
                                          balance, level.price, max_rounds=rounds)
             del s
@@ -83,12 +104,12 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = No
                           for a in range(0, n, rows)])
 
     lab = assign()
+    sums = _sums(x, lab, k)
     prev = math.inf
     done = 0
     converged = False
     for _ in range(n_iter):
         counts = torch.bincount(lab, minlength=k).double()
-        sums = _sums(x, lab, k)
         inertia = _inertia(xsq, level.centroids, sums, counts)
         level.move_to_means(sums, counts)  # never raises the inertia
         empty = (counts == 0).nonzero()[:, 0]
@@ -97,16 +118,19 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = No
             level.reseed(empty, x.index_select(0, dist.topk(min(empty.numel(), len(x))).indices))
         before = lab
         lab = assign()
+        sums, n_changed = _update_sums(sums, x, before, lab, k)
         done += 1
         # balanced: the prices move the inertia a little every iteration, so also stop once
         # hardly any row changes code
-        settled = balance is not None and int((lab != before).sum()) <= SETTLED * n
+        settled = balance is not None and n_changed <= SETTLED * n
         if empty.numel() == 0 and (abs(prev - inertia) <= tol * inertia or settled):
             converged = True
             break
         prev = inertia
     if balance is not None:  # the final labels: prices solved to the end
+        before = lab
         lab = assign(FINAL_ROUNDS)
+        sums, _ = _update_sums(sums, x, before, lab, k)
     counts = torch.bincount(lab, minlength=k).double()
-    inertia = _inertia(xsq, level.centroids, _sums(x, lab, k), counts)
+    inertia = _inertia(xsq, level.centroids, sums, counts)
     return LloydResult(lab, counts, max(inertia, 0.0), done, converged)

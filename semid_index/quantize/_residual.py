@@ -288,10 +288,16 @@ class ResidualKMeans(CodesMixin):
             min(src.n_rows, self.train_size or _default_train_size(max(sizes), src.dim))
         init_n = min(train_n, self.init_size or _default_init_size(max(sizes), src.dim))
         inits = self._initial_books(sizes, src.dim)
-        # one uniform sample in random order (any prefix of it is uniform too) trains every level:
-        # the first init_n rows seed it, mini-batches and Lloyd iterations run over all of it
-        x = src.sample(train_n, gen).to(self._device)
-        self._variance = float(x.var(0).mean()) if x.shape[0] > 1 else 1.0
+        if self._exact:
+            # every row, in storage order (one copy, no shuffle); k-means++ seeds each level on
+            # the same uniform random init_n of them
+            x = src.materialize().to(self._device)
+            self._init_rows: torch.Tensor | None = torch.randperm(x.shape[0], generator=gen)[:init_n].to(x.device)
+        else:
+            # one uniform sample in random order (any prefix of it is uniform too) trains every
+            # level: the first init_n rows seed it, mini-batches and Lloyd run over all of it
+            x = src.sample(train_n, gen).to(self._device)
+            self._variance = float(x.var(0).mean()) if x.shape[0] > 1 else 1.0
         if self.train_layer_wise:
             for lv in range(len(sizes)):
                 self._fit_level(lv, x, init_n, gen, None if inits is None else inits[lv])
@@ -350,6 +356,7 @@ class ResidualKMeans(CodesMixin):
         self._n_train = 1 << 62  # streaming (partial_fit): the data size is unknown
         self.history_: list[FitLog] = []
         self._exact = False  # fit() decides (exact Lloyd on all rows, or mini-batch)
+        self._init_rows = None  # exact regime: the k-means++ rows (set by _fit)
 
     def _finish(self) -> None:
         levels = [lv for lv in self._levels if lv is not None]
@@ -360,6 +367,7 @@ class ResidualKMeans(CodesMixin):
                         else lv.price for lv in levels]
         self.__dict__.pop("_parent", None)
         self.__dict__.pop("_init_prices", None)
+        self.__dict__.pop("_init_rows", None)
         self.residual_scales_ = torch.tensor(self._scales, dtype=torch.float64)
         self._books = [Codebook(c, p) for c, p in zip(self.codebooks_, self.prices_)]
         self._encoder = Encoder(self._books, self.normalize_residuals)
@@ -400,7 +408,9 @@ class ResidualKMeans(CodesMixin):
             level.reassign_window = min(self._n_train, REASSIGN_WINDOW * level.k)
             self._levels[lv] = level
         else:
-            level = self._seed_level(lv, x[:init_n], gen)
+            rows = getattr(self, "_init_rows", None)
+            level = self._seed_level(lv, x[:init_n] if rows is None else x.index_select(0, rows),
+                                     gen)
         if init is not None or getattr(self, "_exact", False):
             self._polish_level(lv, x, 0, False)
             return
