@@ -288,7 +288,7 @@ class ResidualKMeans(CodesMixin):
             min(src.n_rows, self.train_size or _default_train_size(max(sizes), src.dim))
         init_n = min(train_n, self.init_size or _default_init_size(max(sizes), src.dim))
         inits = self._initial_books(sizes, src.dim)
-        if self._exact:
+        if self._exact and type(src).materialize is not Source.materialize:
             # every row, in storage order (one copy, no shuffle); k-means++ seeds each level on
             # the same uniform random init_n of them
             x = src.materialize().to(self._device)
