@@ -66,8 +66,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--catalogs", default="movielens,glove,words")
     ap.add_argument("--shapes", default="32,256")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     for name in args.catalogs.split(","):
         _, x = CATALOGS[name]()
         for k in (int(s) for s in args.shapes.split(",")):
