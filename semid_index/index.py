@@ -109,6 +109,11 @@ class SemanticIdIndex(IndexModel):
                     raise ConfigError(
                         f"index {name!r} exists with codebook sizes "
                         f"{list(record.codebook_sizes)}, not {sizes}")
+                for opt in ("max_per_code", "balance"):  # ID policies: never changed silently
+                    if opt in options and record.options.get(opt) != options[opt]:
+                        raise ConfigError(
+                            f"index {name!r} exists with {opt}={record.options.get(opt)!r}, "
+                            f"not {options[opt]!r}; create a new index for another policy")
             else:
                 record = store.catalog.create(conn, name, sizes, options)
         return cls(store, record)

@@ -333,3 +333,18 @@ def test_exact_regime_matches_numpy_lloyd():
     # seeds against best of 5 reference runs, and a single seed against the reference median
     assert min(ours) <= min(ref) * 1.005, (ours, ref)
     assert ours[0] <= float(np.median(ref)) * 1.005, (ours, ref)
+
+
+def test_an_existing_index_keeps_its_id_policy(tmp_path):
+    """create(exist_ok=True) refuses to pretend another capacity or balance applies."""
+    from semid_index import SemanticIdIndex
+    from semid_index.errors import ConfigError
+
+    url = f"sqlite:///{tmp_path}/p.db"
+    SemanticIdIndex.create(url, "p", n_levels=2, codebook_size=4, max_per_code=1).close()
+    SemanticIdIndex.create(url, "p", n_levels=2, codebook_size=4, exist_ok=True,
+                           max_per_code=1).close()
+    SemanticIdIndex.create(url, "p", n_levels=2, codebook_size=4, exist_ok=True).close()
+    for opts in ({"max_per_code": 2}, {"balance": 0.1}):
+        with pytest.raises(ConfigError, match=next(iter(opts))):
+            SemanticIdIndex.create(url, "p", n_levels=2, codebook_size=4, exist_ok=True, **opts)

@@ -105,9 +105,11 @@ def block_rows(k: int, requested: int | None = None) -> int:
 def argmin_rows(s: torch.Tensor) -> torch.Tensor:
     """Index of the smallest entry of every row of s (B, K): (B,) int64.
 
-    On the CPU numpy's SIMD argmin is 4-6x faster than torch's here; both return the first minimum.
+    On the CPU numpy's SIMD argmin is 3-6x faster than torch's for K >= 64; for fewer codes
+    torch's (threaded) is about 25% faster (131k x 32: 4.9 ms against 6.4). Both return the first
+    minimum, so the choice never changes a code.
     """
-    if s.device.type == "cpu":
+    if s.device.type == "cpu" and s.shape[1] >= 64:
         return torch.from_numpy(np.argmin(s.detach().numpy(), axis=1))
     return s.argmin(1)
 
