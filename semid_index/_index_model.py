@@ -101,8 +101,6 @@ class IndexModel(IndexReads):
                 x = _inputs.embeddings(embeddings, None, model.n_features_in_)
                 report["relative_error"] = model.quality(validated(x)).relative_error
             else:
-                import torch
-
                 from ._quality import code_size_shift, neighbour_preservation
 
                 keys = _inputs.item_keys(keys)
@@ -110,12 +108,7 @@ class IndexModel(IndexReads):
                 held = self.lookup_many(keys, version=at)
                 codes = np.array([sid.levels for sid in held if sid is not None],
                                  dtype=np.int64)
-                xt = torch.from_numpy(np.array(x, dtype=np.float32))  # a writable copy
-                if model.normalize_residuals:
-                    xt = torch.nn.functional.normalize(xt, dim=1)
-                err = float(((xt - model.decode(torch.from_numpy(codes)).cpu()) ** 2)
-                            .double().sum())
-                report["relative_error"] = err / max(float((xt.double() ** 2).sum()), 1e-30)
+                report["relative_error"] = reconstruction(model, x, codes)["relative_error"]
                 report["neighbour_preservation"] = neighbour_preservation(
                     x, codes, n_neighbours=n_neighbours, sample=sample) if len(keys) > 1 else None
                 report["code_size_shift"] = code_size_shift(
@@ -155,6 +148,22 @@ class IndexModel(IndexReads):
             raise InvalidCodesError(f"the model produced codes up to {codes.max(axis=0)} for "
                                     f"codebook sizes {list(sizes)}")
         return codes, prints
+
+
+def reconstruction(model, x: np.ndarray, codes: np.ndarray) -> dict:
+    """Squared reconstruction error and squared norm of x (N, D) under codes (N, L), summed
+    (the fit's figures, and those :meth:`IndexModel.code_report` compares with them)."""
+    import torch
+
+    err = norm = 0.0
+    for a in range(0, len(x), 65_536):
+        blk = torch.from_numpy(np.array(x[a:a + 65_536], dtype=np.float32))  # writable copy
+        if model.normalize_residuals:
+            blk = torch.nn.functional.normalize(blk, dim=1)
+        xhat = model.decode(torch.from_numpy(codes[a:a + 65_536])).cpu()
+        err += float(((blk - xhat) ** 2).double().sum())
+        norm += float((blk.double() ** 2).sum())
+    return {"sq_error": err, "sq_norm": norm, "relative_error": err / max(norm, 1e-30)}
 
 
 class _NoBar:

@@ -86,7 +86,7 @@ def relocate(codes: np.ndarray, last_dist: np.ndarray | Callable[[np.ndarray], n
     # landing on a code issued before
     uniq, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
     crowded = counts[inv] > 1
-    if occupied is not None and callable(occupied):
+    if callable(occupied):
         occupied = occupied(np.unique(prefix))
     occ: dict[int, int] = dict(occupied or {})
     if occ:

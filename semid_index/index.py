@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _inputs
 from ._assign import ON_CONFLICT, plan_add
-from ._index_model import IndexModel, _bar
+from ._index_model import IndexModel, _bar, reconstruction
 from ._index_reads import _raise_unknown
 from .errors import ConfigError, DimensionMismatchError, NotFittedError
 from .ids import SemanticId
@@ -268,7 +268,7 @@ class SemanticIdIndex(IndexModel):
             fit_stats.update(n_relocated=moved.n_relocated,
                              relocation_error=moved.relocation_error,
                              n_over_capacity=moved.n_over_capacity)
-        fit_stats.update(_reconstruction(model, x, codes))
+        fit_stats.update(reconstruction(model, x, codes))
         version = self._store_version(model, keys, codes, fps, progress, fit_stats)
         log.info("index %r: version %d active with %d items", self.name, version, len(keys))
         return self
@@ -353,7 +353,7 @@ class SemanticIdIndex(IndexModel):
                    codes: np.ndarray, new: np.ndarray, cap: int) -> np.ndarray:
         """codes with the new items' (rows ``new``) moved off full codes (see :meth:`create`);
         issued IDs count against the capacity and never move."""
-        from ._relocate import full_keys, relocate
+        from ._relocate import relocate
 
         sizes = rec.codebook_sizes
         model = self._model_in(conn, rec, version)
@@ -362,13 +362,8 @@ class SemanticIdIndex(IndexModel):
         def occupied(prefix_keys: np.ndarray) -> dict[int, int]:
             out: dict[int, int] = {}
             for pk in prefix_keys.tolist():
-                levels = []
-                rest = pk
-                for k in reversed(sizes[:-1]):
-                    levels.append(rest % k)
-                    rest //= k
-                for code, count in self._store.reads.children(
-                        conn, space, tuple(reversed(levels))).items():
+                prefix = tuple(int(c) for c in np.unravel_index(pk, sizes[:-1]))
+                for code, count in self._store.reads.children(conn, space, prefix).items():
                     out[pk * sizes[-1] + code] = count
             return out
 
@@ -380,7 +375,6 @@ class SemanticIdIndex(IndexModel):
                      moved.n_over_capacity)
         out = codes.copy()
         out[new] = moved.codes
-        assert (full_keys(out[new], sizes) >= 0).all()
         return out
 
     def remove(self, keys, *, missing: str = "raise") -> int:
@@ -412,22 +406,6 @@ class SemanticIdIndex(IndexModel):
         self._refresh()
 
 # ====================================================================== helpers
-def _reconstruction(model, x: np.ndarray, codes: np.ndarray) -> dict:
-    """Squared reconstruction error and squared norm of x (N, D) under codes (N, L), summed
-    (the fit's figures that :meth:`SemanticIdIndex.code_report` compares later items with)."""
-    import torch
-
-    err = norm = 0.0
-    for a in range(0, len(x), 65_536):
-        blk = torch.from_numpy(np.ascontiguousarray(x[a:a + 65_536], dtype=np.float32))
-        if model.normalize_residuals:
-            blk = torch.nn.functional.normalize(blk, dim=1)
-        xhat = model.decode(torch.from_numpy(codes[a:a + 65_536])).cpu()
-        err += float(((blk - xhat) ** 2).double().sum())
-        norm += float((blk.double() ** 2).sum())
-    return {"sq_error": err, "sq_norm": norm, "relative_error": err / max(norm, 1e-30)}
-
-
 def _check_dim(x: np.ndarray, dim: int | None) -> None:
     if dim is not None and x.shape[1] != dim:
         raise DimensionMismatchError(

@@ -1,14 +1,15 @@
-"""Balanced codes: per-code prices under which no code takes more than its capacity.
+"""Balanced codes: per-code prices under which every code holds about its share of the rows.
 
-A level assigns a row to ``argmin_k ||x - c_k||^2 + p_k``. With every price ``p_k = 0`` that is
-plain nearest-centroid assignment; :func:`capacity_prices` raises the prices of over-full codes
-just enough that each holds at most ``cap`` of the rows it is solved on. The prices are the dual
-variables of the capacity-constrained assignment problem (minimise the total squared distance
-subject to ``|code k| <= cap``), found by an auction: each round, every code with ``m`` rows
-too many raises its price by the ``m``-th smallest *regret* among its rows (the extra distance a
-row pays at its next best code), which moves exactly those ``m`` rows out; the rows that leave
-may overfill their next code, which the next round handles. Prices only rise, so it settles in a
-few rounds (warm-started from the previous Lloyd iteration's prices: usually one or two).
+A level assigns a row to ``argmin_k ||x - c_k||^2 + p[g, k]``, ``g`` the row's code at the level
+above (one row of prices at the first level). With every price 0 that is plain nearest-centroid
+assignment; :func:`balanced_prices` moves the prices until the rows of every parent code spread
+over its codes within ``(1 +- slack)`` of the even share. The prices are the dual variables of
+the size-constrained assignment problem (minimise the total squared distance subject to the size
+bounds), found by an auction: each round, every code with ``m`` rows too many raises its price by
+the ``m``-th smallest *regret* among its rows (the extra distance a row pays at its next best
+code), which moves those rows out, or, when none is over-full, every code ``m`` rows short lowers
+its price by the ``m``-th smallest extra cost of joining it. Warm-started from the previous Lloyd
+iteration's prices, a few rounds per iteration suffice.
 
 The prices stay with the codebook: encoding new items adds them too, so items added after the
 fit are spread like the training data instead of piling onto the popular codes, and the greedy

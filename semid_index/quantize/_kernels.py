@@ -114,12 +114,6 @@ def argmin_rows(s: torch.Tensor) -> torch.Tensor:
     return s.argmin(1)
 
 
-def min_rows(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values (B,), indices (B,) int64) of the row minima of s (B, K)."""
-    idx = argmin_rows(s)
-    return s.gather(1, idx.unsqueeze(1)).squeeze(1), idx
-
-
 class Codebook:
     """Precomputed GEMM operands of one codebook: centroids (K, D), -2C and ||c||^2, and the
     prices of a balanced fit.

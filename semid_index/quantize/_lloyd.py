@@ -90,8 +90,9 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = No
     def assign(rounds: int = ROUNDS_PER_ITERATION):
         if balance is not None:
             xs = x if sub is None else x.index_select(0, sub)
-            s = torch.cat([scores(xs[a:a + rows], level.book.neg2c,
-                                  level.centroids.square().sum(1)) for a in range(0, m, rows)])
+            book = level.book  # prices are added by the auction, not here
+            s = torch.cat([scores(xs[a:a + rows], book.neg2c, book.cnorm)
+                           for a in range(0, m, rows)])
             del xs
             price, lab = balanced_prices(s, groups, n_groups if groups is not None else 1,
                                          balance, level.price, max_rounds=rounds)
