@@ -16,9 +16,11 @@ Methods
 * ``ours default``: ``semid_index.quantize.ResidualKMeans(3, K, seed=0).fit(x)``, codes
   ``model.encode(x)`` (greedy residual assignment).
 * ``ours balanced``: the same with ``balance=0.1`` (a 10% size slack at every level).
-* ``ours bal+reloc``: ``balance=[None, 1.0, None]`` (level 2 only), then collision relocation
-  (``semid_index._relocate.relocate``, ``max_per_code=1``: a colliding item moves to the nearest
-  free last-level code under its 2-level prefix, by true distance ``model.level_distances``).
+* ``ours bal+reloc``: capacity-constrained training, ``max_per_code=1`` (no level-1 code holds
+  more than K^2 items, no 2-level prefix more than K: per-code prices raised only where a prefix
+  overflows), then collision relocation (``semid_index._relocate.relocate``, ``max_per_code=1``:
+  a colliding item moves to the nearest free last-level code under its 2-level prefix, by true
+  distance ``model.level_distances``), as an index with ``max_per_code=1`` does.
 * ``ours reloc``: the ``ours default`` model (fitted once, reused) plus the same relocation.
 * ``faiss all/20``: per level ``faiss.Kmeans(d, K, niter=20, seed=lv + 1,
   max_points_per_centroid=10**9)`` trained on ALL N residuals (no subsampling), then the residual
@@ -129,13 +131,14 @@ def preservation(codes: np.ndarray, queries: np.ndarray, nb: np.ndarray) -> list
 
 # ----------------------------------------------------------------------------- methods
 # Each returns dict(codes (N, 3) int64, xhat (N, d), train_s, relocated=None | int).
-def ours(x, k, cache, *, balance=None, reloc=False):
-    key = ("model", k, repr(balance))
+def ours(x, k, cache, *, balance=None, reloc=False, max_per_code=None):
+    key = ("model", k, repr(balance), max_per_code)
     if key in cache:  # "ours reloc" reuses the "ours default" fit (same settings, same seed)
         model, fit_s = cache[key]
     else:
         t = time.perf_counter()
-        model = ResidualKMeans(LEVELS, k, seed=0, balance=balance).fit(x)
+        model = ResidualKMeans(LEVELS, k, seed=0, balance=balance,
+                               max_per_code=max_per_code).fit(x)
         fit_s = time.perf_counter() - t
         cache[key] = (model, fit_s)
     codes = model.encode(x).numpy()
@@ -231,7 +234,7 @@ def runners(threads, budget):
     return {
         "ours default": lambda x, k, c: ours(x, k, c),
         "ours balanced": lambda x, k, c: ours(x, k, c, balance=0.1),
-        "ours bal+reloc": lambda x, k, c: ours(x, k, c, balance=[None, 1.0, None], reloc=True),
+        "ours bal+reloc": lambda x, k, c: ours(x, k, c, max_per_code=1, reloc=True),
         "ours reloc": lambda x, k, c: ours(x, k, c, reloc=True),
         "faiss all/20": lambda x, k, c: faiss_method(x, k, c, niter=20,
                                                      max_points_per_centroid=10**9),

@@ -132,19 +132,18 @@ def main(argv=None):
               f"vs {rand:.3f} for random pairs ({near / max(rand, 1e-9):.1f}x)")
         before = index.stats().collided_share
 
-    # The same catalog with IDs that use the code space: at most one movie per full code
-    # (overflow moved to the nearest free last-level code under the same prefix) and level 2
-    # balanced within each level-1 code so that every prefix has room (see the README).
+    # The same catalog with IDs that use the code space: at most one movie per full code.
+    # Training keeps every prefix within what the codes below it can hold, and a movie whose
+    # code is taken moves to the nearest free last-level code under the same prefix (README).
     with SemanticIdIndex.create(a.db, a.name + "-balanced", n_levels=a.levels,
                                 codebook_size=a.codebook_size, seed=0, exist_ok=True,
-                                max_per_code=1,
-                                balance=[None] + [1.0] * (a.levels - 2) + [None]) as index:
+                                max_per_code=1) as index:
         t = time.perf_counter()
         index.fit(keys[:n_fit], x[:n_fit])
         index.add(keys[n_fit:], x[n_fit:])
         st = index.stats()
         fit = index.code_report()["fit"]
-        print(f"\nbalanced + max_per_code=1 ({time.perf_counter() - t:.1f} s): movies sharing "
+        print(f"\nmax_per_code=1 ({time.perf_counter() - t:.1f} s): movies sharing "
               f"their full code with another {before:.1%} -> {st.collided_share:.1%}; "
               f"{fit['n_relocated']:,} moved at fit to a free code under the same prefix, "
               f"relative error {fit['relative_error']:.4f}")

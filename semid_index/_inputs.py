@@ -275,25 +275,15 @@ MODEL_OPTIONS = {
     "train_size": _int(1, none=True), "check_input": _flag,
     "seed": _int(-2**63, 2**64 - 1), "device": _device, "mode": _mode,
     "exact_work": _number(0), "balance": _balance,
+    "max_per_code": _int(1, 2**31 - 2, none=True),
 }
 
 
-#: Options of an index that are not the quantizer's: ``max_per_code`` (a capacity per full
-#: code: collisions are relocated under the same prefix, see :mod:`semid_index._relocate`).
-INDEX_OPTIONS = {"max_per_code": _int(1, 2**31 - 2, none=True)}
-
-
 def index_options(options: dict) -> dict:
-    """Check an index's options (the quantizer's plus :data:`INDEX_OPTIONS`); returns them."""
-    bad = sorted(set(options) - set(MODEL_OPTIONS) - set(INDEX_OPTIONS))
-    if bad:
-        raise ConfigError(f"unknown option(s) {bad}; known: "
-                          f"{', '.join([*MODEL_OPTIONS, *INDEX_OPTIONS])}")
-    for name, check in INDEX_OPTIONS.items():
-        if name in options and not check(options[name]):
-            raise ConfigError(f"{name} must be {check.__doc__}, got {options[name]!r}")
-    model_options({k: v for k, v in options.items() if k in MODEL_OPTIONS})
-    return options
+    """Check an index's options (the quantizer's, :data:`MODEL_OPTIONS`, ``max_per_code``
+    included: it shapes training and relocation, see :mod:`semid_index._relocate`); returns
+    them."""
+    return model_options(options)
 
 
 def quantizer_options(options: dict) -> dict:
@@ -312,6 +302,12 @@ def model_options(options: dict, *, known: Sequence[str] | None = None) -> dict:
         check = MODEL_OPTIONS.get(name)
         if check is not None and not check(value):
             raise ConfigError(f"{name} must be {check.__doc__}, got {value!r}")
+    layer_wise = options.get("mode", "default") == "default" and \
+        options.get("train_layer_wise", True)
+    for name in ("balance", "max_per_code"):
+        if options.get(name) is not None and not layer_wise:
+            raise ConfigError(f"{name} needs the layer-wise default mode (mode='default', "
+                              "train_layer_wise=True)")
     return options
 
 

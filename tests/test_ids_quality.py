@@ -229,6 +229,38 @@ def test_balanced_codes_are_near_uniform(skewed, tmp_path):
     assert not np.array_equal(unpriced.encode(x).numpy(), codes)
 
 
+def test_max_per_code_training_leaves_room_for_every_item(tmp_path):
+    """With max_per_code, training caps every level-1 code at c K2 K3 items and every 2-level
+    prefix at c K3, so relocation finds a free full code for every item when the catalog fits
+    the code space; without it, dense prefixes overflow and their items collide."""
+    from semid_index import SemanticIdIndex
+    from semid_index.quantize import ResidualKMeans
+
+    x = _power_law_mixture(n=400, d=8, n_clusters=12, skew=2.0, seed=1)
+    k = 8  # 512 full codes for 400 items; 8 per 2-level prefix, 64 per level-1 code
+
+    def relocated(model):
+        codes = model.encode(x).numpy()
+        return codes, relocate(codes, lambda idx: model.level_distances(
+            x[idx], codes[idx]).numpy(), [k] * 3, max_per_code=1).codes
+
+    _, plain = relocated(ResidualKMeans(3, k, seed=0).fit(x))
+    assert len(full_keys(plain, [k] * 3).tolist()) - len(set(full_keys(plain, [k] * 3).tolist())) > 0
+
+    greedy, codes = relocated(ResidualKMeans(3, k, seed=0, max_per_code=1).fit(x))
+    assert np.bincount(greedy[:, 0], minlength=k).max() <= k * k
+    assert np.bincount(greedy[:, 0] * k + greedy[:, 1], minlength=k * k).max() <= k
+    assert len(set(full_keys(codes, [k] * 3).tolist())) == len(x)  # no two items share a code
+
+    # the index passes max_per_code to training: no collided item either
+    url = f"sqlite:///{tmp_path}/cap.db"
+    keys = [f"i{i}" for i in range(len(x))]
+    with SemanticIdIndex.create(url, "cap", n_levels=3, codebook_size=k, max_per_code=1) as index:
+        index.fit(keys, x)
+        assert index.stats().n_collided == 0
+        assert index.model.max_per_code == 1
+
+
 # ============================================================================ churn / warm start
 def _hand_churn(a, b, n_levels):
     changed = np.zeros(n_levels)

@@ -32,11 +32,14 @@ OVERSHOOT = 0.1
 
 
 def balanced_prices(scores: torch.Tensor, groups: torch.Tensor | None, n_groups: int,
-                    slack: float, prices: torch.Tensor | None = None,
-                    max_rounds: int = MAX_ROUNDS) -> tuple[torch.Tensor, torch.Tensor]:
+                    slack: float | None, prices: torch.Tensor | None = None,
+                    max_rounds: int = MAX_ROUNDS, cap: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prices (G, K) under which ``argmin_k scores[i, k] + prices[groups[i], k]`` gives every
     code of every group between ``(1 - slack)`` and ``(1 + slack)`` times its even share of the
-    group's rows (each bound give or take 2%, at least one row), and those labels (n,) int64.
+    group's rows (each bound give or take 2%, at least one row), and at most ``cap`` rows (exactly,
+    or the even share where a group has more than ``cap`` rows per code; ``slack=None``: no other
+    bound), and those labels (n,) int64.
 
     scores : (n, K) float32, ``||c_k||^2 - 2 x_i . c_k`` (any per-row constant may be added).
     groups : (n,) int64 in ``0..n_groups-1`` (the rows' parent codes), or None: one group.
@@ -66,14 +69,24 @@ def balanced_prices(scores: torch.Tensor, groups: torch.Tensor | None, n_groups:
     if k == 1 or n == 0:
         return torch.from_numpy(p).to(dev), torch.zeros(n, dtype=torch.int64, device=dev)
     mean = np.bincount(g, minlength=n_groups) / k
-    high = np.maximum(np.ceil((1.0 + slack) * mean - 1e-9), 1).astype(np.int64)    # (G,)
-    low = np.maximum(np.floor((1.0 - slack) * mean + 1e-9), 0).astype(np.int64)
-    hi_tol = (high + np.maximum(high // 50, 1))[:, None]
+    if slack is None:  # only the cap
+        high = np.full(n_groups, np.iinfo(np.int64).max // 2, dtype=np.int64)
+        low = np.zeros(n_groups, dtype=np.int64)
+    else:
+        high = np.maximum(np.ceil((1.0 + slack) * mean - 1e-9), 1).astype(np.int64)    # (G,)
+        low = np.maximum(np.floor((1.0 - slack) * mean + 1e-9), 0).astype(np.int64)
+    hi_tol = high + np.maximum(high // 50, 1)
+    if cap is not None:  # a hard bound, no tolerance; a group with more rows than its codes
+        # can take at ``cap`` each spreads them evenly instead
+        cap_g = np.maximum(cap, np.ceil(mean - 1e-9)).astype(np.int64)
+        high, hi_tol = np.minimum(high, cap_g), np.minimum(hi_tol, cap_g)
+    hi_tol = hi_tol[:, None]
     lo_tol = np.where(low > 0, low - np.maximum(low // 50, 1), 0)[:, None]
     flat = p.reshape(-1)
     step = None
     rows = np.arange(n)
     lab = np.zeros(n, dtype=np.int64)
+    high_flat = np.repeat(high, k)
     for _ in range(max_rounds):
         a = s + p[g]
         lab, best, regret = _best_two(a, rows)
@@ -91,28 +104,34 @@ def balanced_prices(scores: torch.Tensor, groups: torch.Tensor | None, n_groups:
             # of an over-full code are the ones its price increase should move out
             order = np.lexsort((regret, pair))
             starts = np.cumsum(counts) - counts
-            over = counts[full] - np.repeat(high, k)[full]
+            over = counts[full] - high_flat[full]
             flat[full] += regret[order[starts[full] + over - 1]] + step
         elif under.size:  # (one side per round: both at once overshoot and oscillate)
-            # the m-th smallest extra cost of joining an under-full code, over the rows of its
-            # group not in it: lower its price by that much and those m rows come
-            want = np.zeros(n_groups * k, dtype=bool)
-            want[under] = True
-            cand = want.reshape(n_groups, k)[g]
-            cand[rows, lab] = False
-            r, c = np.nonzero(cand)
-            extra = a[r, c] - best[r]
-            target = g[r] * k + c
-            order = np.lexsort((extra, target))
-            avail = np.bincount(target, minlength=n_groups * k)
-            starts = np.cumsum(avail) - avail
-            need = np.minimum(np.repeat(low, k)[under] - counts[under], avail[under])
-            ok = need > 0
-            under, need = under[ok], need[ok]
-            flat[under] -= extra[order[starts[under] + need - 1]] + step
+            _lower(flat, a, best, lab, g, rows, k, n_groups, under,
+                   np.repeat(low, k)[under] - counts[under], step)
     else:
         lab = _best_two(s + p[g], rows)[0]
     return torch.from_numpy(p).to(dev), torch.from_numpy(lab).to(dev)
+
+
+def _lower(flat, a, best, lab, g, rows, k, n_groups, under, need, step) -> None:
+    """Lower the prices ``flat`` (G K,) of codes ``under`` (flat (group, code) indices) by the
+    ``need``-th smallest extra cost a row of the group not in the code pays to join it (plus
+    ``step``), so that about ``need`` rows come."""
+    want = np.zeros(n_groups * k, dtype=bool)
+    want[under] = True
+    cand = want.reshape(n_groups, k)[g]
+    cand[rows, lab] = False
+    r, c = np.nonzero(cand)
+    extra = a[r, c] - best[r]
+    target = g[r] * k + c
+    order = np.lexsort((extra, target))
+    avail = np.bincount(target, minlength=n_groups * k)
+    starts = np.cumsum(avail) - avail
+    need = np.minimum(need, avail[under])
+    ok = need > 0
+    under, need = under[ok], need[ok]
+    flat[under] -= extra[order[starts[under] + need - 1]] + step
 
 
 def _best_two(a: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

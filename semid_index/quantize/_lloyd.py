@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ._balance import PRICE_FLOATS, balanced_prices
+from ._kernels import block_rows, row_sq_norms, scores
 
 #: Balanced Lloyd: auction rounds per iteration (the prices carry over, so a few suffice until
 #: the last assignment, which gets FINAL_ROUNDS), and the share of rows changing code below which
@@ -15,7 +16,6 @@ from ._balance import PRICE_FLOATS, balanced_prices
 ROUNDS_PER_ITERATION = 8
 FINAL_ROUNDS = 160
 SETTLED = 1e-3
-from ._kernels import block_rows, row_sq_norms, scores
 
 
 @dataclass
@@ -65,7 +65,7 @@ def _inertia(xsq: float, centroids: torch.Tensor, sums: torch.Tensor, counts: to
 
 def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = None,
           balance: float | None = None, parent: torch.Tensor | None = None,
-          n_groups: int = 1) -> LloydResult:
+          n_groups: int = 1, cap: int | None = None) -> LloydResult:
     """Up to ``n_iter`` exact Lloyd iterations of ``level`` on x (n, D), stopping once one lowers
     the inertia by less than ``tol`` (relative). A code left empty is re-seeded on the row farthest
     from its centroid, so it is used again.
@@ -76,33 +76,67 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = No
     between ``(1 - s)`` and ``(1 + s)`` times their even share of every code. They are solved on
     at most ``PRICE_FLOATS / K`` rows spread evenly over x (all rows when they fit) and every
     row is assigned with them.
+
+    With ``cap`` (an int) no (parent code, code) pair holds more than ``cap`` rows (a parent
+    with more than ``cap`` rows per code spreads them evenly instead): the same
+    prices, raised only where a pair overflows, and solved only on the rows of parent codes
+    that have an overflowing pair (nearest-centroid assignment everywhere else), so a cap that
+    binds in a few places costs little. With ``balance`` too, both bounds hold.
     """
     k = level.k
     n = x.shape[0]
     rows = block_rows(k, rows)  # score blocks of up to 16 MiB: few, large GEMMs
     xsq = float(row_sq_norms(x).double().sum())
+    constrained = balance is not None or cap is not None
     m = n if balance is None else min(n, max(k, PRICE_FLOATS // k))
     # the rows the prices are solved on: all, or a systematic sample of m spread over x
     sub = None if m == n else (torch.arange(m, device=x.device) * n) // m
     groups = None if parent is None or n_groups == 1 else \
         parent if sub is None else parent.index_select(0, sub)
 
-    def assign(rounds: int = ROUNDS_PER_ITERATION):
-        if balance is not None:
-            xs = x if sub is None else x.index_select(0, sub)
-            book = level.book  # prices are added by the auction, not here
-            s = torch.cat([scores(xs[a:a + rows], book.neg2c, book.cnorm)
-                           for a in range(0, m, rows)])
-            del xs
-            price, lab = balanced_prices(s, groups, n_groups if groups is not None else 1,
-                                         balance, level.price, max_rounds=rounds)
-            del s
-            level.set_price(price)
-            if m == n:
-                return lab
+    def solve(xs: torch.Tensor, g: torch.Tensor | None, rounds: int,
+              share: float = 1.0) -> torch.Tensor:
+        """Solve the prices on rows xs (their parents g; ``share`` of the rows they stand
+        for) and return their labels."""
+        book = level.book  # prices are added by the auction, not here
+        s = torch.cat([scores(xs[a:a + rows], book.neg2c, book.cnorm)
+                       for a in range(0, xs.shape[0], rows)])
+        price, lab = balanced_prices(
+            s, g, n_groups if g is not None else 1, balance, level.price, max_rounds=rounds,
+            cap=None if cap is None else max(1, int(cap * share)))
+        level.set_price(price)
+        return lab
+
+    def nearest() -> torch.Tensor:
         return torch.cat([level.book.nearest(x[a:a + rows], parent=None if parent is None
                                              else parent[a:a + rows])
                           for a in range(0, n, rows)])
+
+    def assign(rounds: int = ROUNDS_PER_ITERATION):
+        if balance is not None:
+            lab = solve(x if sub is None else x.index_select(0, sub), groups, rounds, m / n)
+            if m == n:
+                return lab
+            return nearest()
+        lab = nearest()
+        if cap is None:
+            return lab
+        # the cap alone: only parents with an overflowing code take part in the auction
+        g = torch.zeros_like(lab) if parent is None else parent
+        pairs = torch.bincount(g * k + lab, minlength=n_groups * k).view(n_groups, k)
+        hot = (pairs > cap).any(1)
+        if not bool(hot.any()):
+            return lab
+        idx = hot.index_select(0, g).nonzero()[:, 0]
+        m_hot = min(idx.numel(), max(k, PRICE_FLOATS // k))
+        if m_hot == idx.numel():
+            lab[idx] = solve(x.index_select(0, idx), None if parent is None else g[idx], rounds)
+            return lab
+        # too many rows for one score matrix: solve on an even spread of them, assign all
+        pick = idx.index_select(0, (torch.arange(m_hot, device=x.device) * idx.numel()) // m_hot)
+        solve(x.index_select(0, pick), None if parent is None else g[pick], rounds,
+              m_hot / idx.numel())
+        return nearest()
 
     lab = assign()
     sums = _sums(x, lab, k)
@@ -123,12 +157,12 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = No
         done += 1
         # balanced: the prices move the inertia a little every iteration, so also stop once
         # hardly any row changes code
-        settled = balance is not None and n_changed <= SETTLED * n
+        settled = constrained and n_changed <= SETTLED * n
         if empty.numel() == 0 and (abs(prev - inertia) <= tol * inertia or settled):
             converged = True
             break
         prev = inertia
-    if balance is not None:  # the final labels: prices solved to the end
+    if constrained:  # the final labels: prices solved to the end
         before = lab
         lab = assign(FINAL_ROUNDS)
         sums, _ = _update_sums(sums, x, before, lab, k)

@@ -119,6 +119,17 @@ class ResidualKMeans(CodesMixin):
         ``l > 1`` balances the items of each level-``(l-1)`` code over its codes (prices
         (K_(l-1), K_l)), which is what keeps prefixes from overflowing. Needs the layer-wise
         default mode.
+    max_per_code : int or None, default None
+        The capacity of a full code that an index will enforce by relocation (see
+        :class:`~semid_index.SemanticIdIndex`). Training then keeps the prefixes of the first
+        two levels (not the last) within what the levels below them can tell apart: at most
+        ``max_per_code * K_(l+1) * ... * K_L`` rows on one level-``l`` prefix, by the same
+        prices as ``balance``, raised only where a prefix overflows (scaled by the training
+        share of the rows on the mini-batch path). Without it, a dense region can put more
+        items on one prefix than it has full codes, and those items collide whatever relocation
+        does. Nothing changes where no prefix overflows; a level whose codes cannot hold the
+        catalog at that cap is left alone. Deeper prefixes (4+ levels) rely on relocation only.
+        Needs the layer-wise default mode.
     init : "k-means++", sequence of (K_l, D) arrays, or a fitted ResidualKMeans
         How each level starts: greedy k-means++ seeding, or given centroids (a warm start, e.g.
         the codebooks of a previous fit: a refit on a grown catalog then keeps most items'
@@ -169,7 +180,8 @@ class ResidualKMeans(CodesMixin):
                  check_input: bool = True, seed: int = 0,
                  device: str | torch.device = "cpu", mode: str = "default",
                  exact_work: float = EXACT_WORK, balance: float | None = None,
-                 init: str | Sequence = "k-means++", verbose: bool = False):
+                 max_per_code: int | None = None, init: str | Sequence = "k-means++",
+                 verbose: bool = False):
         self.n_levels = n_levels
         self.codebook_size = codebook_size
         self.normalize_residuals = normalize_residuals
@@ -191,6 +203,7 @@ class ResidualKMeans(CodesMixin):
         self.mode = mode
         self.exact_work = exact_work
         self.balance = balance
+        self.max_per_code = max_per_code
         self.init = init
         self.verbose = verbose
 
@@ -220,9 +233,6 @@ class ResidualKMeans(CodesMixin):
                               f"({max(sizes)})")
         if isinstance(self.balance, (list, tuple)) and len(self.balance) != len(sizes):
             raise ConfigError(f"balance has {len(self.balance)} entries for {len(sizes)} levels")
-        if self.balance is not None and (self.mode != "default" or not self.train_layer_wise):
-            raise ConfigError("balance needs the layer-wise default mode (mode='default', "
-                              "train_layer_wise=True)")
         self._initial_books(sizes, None)
         _ = self._device  # refuse a device this torch build cannot use, before any work
         return sizes
@@ -298,6 +308,7 @@ class ResidualKMeans(CodesMixin):
             # level: the first init_n rows seed it, mini-batches and Lloyd run over all of it
             x = src.sample(train_n, gen).to(self._device)
             self._variance = float(x.var(0).mean()) if x.shape[0] > 1 else 1.0
+        self._caps = _level_caps(self.max_per_code, sizes, x.shape[0], src.n_rows)
         if self.train_layer_wise:
             for lv in range(len(sizes)):
                 self._fit_level(lv, x, init_n, gen, None if inits is None else inits[lv])
@@ -447,7 +458,8 @@ class ResidualKMeans(CodesMixin):
             EXACT_TOL if exact else POLISH_TOL
         parent = getattr(self, "_parent", None) if lv > 0 else None
         res = lloyd(level, x, n_iter, tol, balance=_level_balance(self.balance, lv),
-                    parent=parent, n_groups=self.codebook_sizes_[lv - 1] if lv else 1)
+                    parent=parent, n_groups=self.codebook_sizes_[lv - 1] if lv else 1,
+                    cap=getattr(self, "_caps", {}).get(lv))
         self._parent = res.labels
         level.counts = res.counts.clone()
         c = level.centroids
@@ -603,6 +615,43 @@ class ResidualKMeans(CodesMixin):
     def __repr__(self) -> str:
         return (f"ResidualKMeans(n_levels={self.n_levels}, codebook_size={self.codebook_size}, "
                 f"normalize_residuals={self.normalize_residuals}, mode={self.mode!r})")
+
+
+#: Share of its full capacity a capped level keeps when a capped level follows it (7/8): the
+#: rows of a level-1 code at its cap then fill its 2-level prefixes to at most 7/8 on average,
+#: which the price auction settles quickly; exactly full prefixes may never settle.
+CAP_ROOM = 0.875
+
+
+def _level_caps(max_per_code: int | None, sizes: list[int], n_train: int,
+                n_rows: int) -> dict[int, int]:
+    """The training cap of every level that has one under ``max_per_code``: level ``l`` holds at
+    most ``max_per_code * prod(sizes[l+1:])`` items per (parent, code) pair, in training rows
+    (``n_train`` of the ``n_rows`` items). Only the first two levels, whose parent code is the
+    whole prefix, and not the last (the first of two capped levels gets ``CAP_ROOM`` of its
+    cap, so the level below is not asked to pack its codes exactly full); left out where the
+    cap cannot bind, or where the codes
+    cannot hold the rows at that cap (the catalog outgrows the code space: suffixes are
+    unavoidable, and forcing an even spread would cost more than it saves).
+
+    >>> _level_caps(1, [32, 32, 32], 9066, 9066)
+    {0: 896, 1: 32}
+    >>> _level_caps(2, [4, 4, 4], 50, 100)   # a training sample of half the items
+    {0: 14, 1: 4}
+    >>> _level_caps(1, [16, 16], 300, 300)   # 300 items, 256 full codes
+    {}
+    """
+    if max_per_code is None:
+        return {}
+    caps = {}
+    last = min(2, len(sizes) - 1) - 1  # the deepest capped level
+    for lv in range(last + 1):
+        room = 1.0 if lv == last else CAP_ROOM
+        rows = int(max_per_code * math.prod(sizes[lv + 1:]) * room * n_train // n_rows)
+        pairs = math.prod(sizes[:lv + 1])
+        if rows < n_train and rows * pairs >= n_train:
+            caps[lv] = max(rows, 1)
+    return caps
 
 
 def _level_balance(balance, lv: int) -> float | None:
