@@ -80,8 +80,9 @@ def _sizes(text: str, levels: int):
 @click.option("--balance", type=click.FloatRange(0, None), default=None,
               help="Balanced codes with this slack (e.g. 0.1), if the index is created here.")
 @click.option("--max-per-code", type=click.IntRange(1, 2**31 - 2), default=None,
-              help="At most this many items per full code (overflow relocated under the same "
-                   "prefix), if the index is created here.")
+              help="At most this many items per full code, if the index is created here: "
+                   "training leaves every prefix room, and overflow is relocated under the "
+                   "same prefix.")
 @click.option("--warm-start", is_flag=True,
               help="Start from the active version's codebooks (keeps most prefixes).")
 def fit(db, index_name, as_json, embeddings, keys_file, key_column, column, row_numbers, levels,

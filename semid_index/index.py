@@ -89,10 +89,11 @@ class SemanticIdIndex(IndexModel):
         (codebook_size: one int or one per level). options : :class:`~semid_index.quantize.
         ResidualKMeans` options used by :meth:`fit` (``seed``, ``normalize_residuals``,
         ``balance``, ``batch_size``, ``train_size``, ``device``...), checked here, and
-        ``max_per_code``: at most this many items per full code; :meth:`fit` and :meth:`add`
-        move an item whose code is full to the nearest code with room under the same L-1 level
-        prefix (an issued ID never moves; with no room left there, the item takes a suffix as
-        without a cap). exist_ok : return the
+        ``max_per_code``: at most this many items per full code; training keeps the first
+        levels' prefixes within what the codes below them can hold (see ``ResidualKMeans``),
+        and :meth:`fit` and :meth:`add` move an item whose code is full to the nearest code with
+        room under the same L-1 level prefix (an issued ID never moves; with no room left there,
+        the item takes a suffix as without a cap). exist_ok : return the
         existing index of that name instead of raising :class:`IndexExistsError` (its codebook
         sizes must match). busy_timeout : seconds a write waits for another writer's lock
         (default 60) before :class:`~semid_index.errors.LockTimeoutError`.

@@ -102,7 +102,7 @@ def test_movielens_demo_prints_real_titles_and_neighbours(tmp_path):
     assert len(block) == 7 and all(" shared  " in line for line in block[1:])
     near, rand = map(float, re.findall(r"Jaccard\): ([0-9.]+) .* vs ([0-9.]+)", out)[0])
     assert near > 1.5 * rand  # items sharing a prefix are co-rated far more than random pairs
-    # the balanced IDs: far fewer movies share a full code (the demo measured 52% -> ~0%;
+    # max_per_code=1: far fewer movies share a full code (the demo measured 52.0% -> 1.4%;
     # collided = items whose full code another item also has, the same measure both times)
     before, after = map(float, re.findall(r"another ([0-9.]+)% -> ([0-9.]+)%", out)[0])
     assert before > 30.0 and after < 2.0, (before, after)
