@@ -361,12 +361,10 @@ class SemanticIdIndex(IndexModel):
         sub = codes[new]
 
         def occupied(prefix_keys: np.ndarray) -> dict[int, int]:
-            out: dict[int, int] = {}
-            for pk in prefix_keys.tolist():
-                prefix = tuple(int(c) for c in np.unravel_index(pk, sizes[:-1]))
-                for code, count in self._store.reads.children(conn, space, prefix).items():
-                    out[pk * sizes[-1] + code] = count
-            return out
+            prefixes = [()] if len(sizes) == 1 else [tuple(p) for p in np.stack(
+                np.unravel_index(prefix_keys, sizes[:-1]), axis=1).tolist()]
+            counts = self._store.reads.code_counts(conn, space, prefixes)
+            return {int(np.ravel_multi_index(c, sizes)): n for c, n in counts.items()}
 
         moved = relocate(sub, lambda idx: model.level_distances(
             x[new[idx]], sub[idx]).cpu().numpy(), sizes, cap, occupied)

@@ -155,6 +155,19 @@ def test_index_max_per_code_fit_and_add(db_url):
         index.fit(keys, x_fit)
         before = _ids(index, keys)
         groups = _per_prefix(before)
+        # the occupancy read that relocation in add uses, against a count of the issued IDs,
+        # over several statements (two prefix ranges each)
+        import semid_index.storage._item_reads as item_reads
+
+        firsts = sorted({sid.levels[:1] for sid in before})
+        asked = firsts[::2]
+        chunk, item_reads.RANGE_CHUNK = item_reads.RANGE_CHUNK, 2
+        try:
+            with index._store.read("test") as conn:
+                got = index._store.reads.code_counts(conn, index._space(conn, None), asked)
+        finally:
+            item_reads.RANGE_CHUNK = chunk
+        assert got == Counter(sid.levels for sid in before if sid.levels[:1] in set(asked))
         # the data really collides: without the cap, many items share a full code
         plain = index.model.encode(x_fit).numpy()
         assert len({tuple(c) for c in plain.tolist()}) < 300 - 20

@@ -85,32 +85,48 @@ def balanced_prices(scores: torch.Tensor, groups: torch.Tensor | None, n_groups:
     flat = p.reshape(-1)
     step = None
     rows = np.arange(n)
-    lab = np.zeros(n, dtype=np.int64)
     high_flat = np.repeat(high, k)
+    # Rows are scored again only where a price moved under them: a price rise moves only the
+    # rows of that code (every other row's best code stays best), so after the first round a
+    # round costs the rows of the over-full codes, not all n x K (a fall rescores everything).
+    lab, best, regret = _best_two(s + p[g], rows)
+    stale = np.empty(0, dtype=np.int64)  # rows of the codes whose price rose last round
     for _ in range(max_rounds):
-        a = s + p[g]
-        lab, best, regret = _best_two(a, rows)
+        if stale.size:
+            lab[stale], best[stale], regret[stale] = _best_two(s[stale] + p[g[stale]],
+                                                               np.arange(stale.size))
         pair = g * k + lab
         counts = np.bincount(pair, minlength=n_groups * k)
         c2 = counts.reshape(n_groups, k)
         full = np.flatnonzero(c2 > hi_tol)
         under = np.flatnonzero(c2 < lo_tol)
         if full.size == 0 and under.size == 0:
+            stale = stale[:0]
             break
         if step is None:  # the overshoot, fixed for the call: a share of the typical regret
             step = OVERSHOOT * float(np.median(regret)) + 1e-7 * float(np.abs(best).max())
         if full.size:
-            # rows grouped by (group, code), each run in ascending regret: the m cheapest rows
-            # of an over-full code are the ones its price increase should move out
-            order = np.lexsort((regret, pair))
-            starts = np.cumsum(counts) - counts
+            # the m cheapest rows of an over-full code (by regret: what moving costs them) are
+            # the ones its price rise should move out. Their regrets must be current: a rise
+            # elsewhere may have raised them since they were scored.
+            hot = np.zeros(n_groups * k, dtype=bool)
+            hot[full] = True
+            stale = np.flatnonzero(hot[pair])
+            _, best[stale], regret[stale] = _best_two(s[stale] + p[g[stale]],
+                                                      np.arange(stale.size))
+            order = stale[np.lexsort((regret[stale], pair[stale]))]
+            starts = np.cumsum(counts[full]) - counts[full]
             over = counts[full] - high_flat[full]
-            flat[full] += regret[order[starts[full] + over - 1]] + step
+            flat[full] += regret[order[starts + over - 1]] + step
         elif under.size:  # (one side per round: both at once overshoot and oscillate)
+            a = s + p[g]
             _lower(flat, a, best, lab, g, rows, k, n_groups, under,
                    np.repeat(low, k)[under] - counts[under], step)
+            del a
+            stale = rows  # prices fell: any row may move
     else:
-        lab = _best_two(s + p[g], rows)[0]
+        if stale.size:
+            lab[stale] = _best_two(s[stale] + p[g[stale]], np.arange(stale.size))[0]
     return torch.from_numpy(p).to(dev), torch.from_numpy(lab).to(dev)
 
 

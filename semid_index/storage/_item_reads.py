@@ -12,7 +12,7 @@ from contextlib import closing
 from typing import NamedTuple
 
 import numpy as np
-from sqlalchemy import func, null as null_, or_, select, tuple_, union_all
+from sqlalchemy import and_, func, null as null_, or_, select, tuple_, union_all
 from sqlalchemy.engine import Connection
 
 from ._catalog import IndexRecord, Space
@@ -23,6 +23,7 @@ __all__ = ["Found", "ItemReads", "IN_CHUNK", "PG_CHUNK", "Page"]
 
 IN_CHUNK = 2000  # keys per IN (...) list on SQLite (far below its 32,766 parameters)
 PG_CHUNK = 5000  # keys / codes per array parameter on PostgreSQL
+RANGE_CHUNK = 250  # prefix ranges OR-ed in one statement (each an index range scan)
 
 Levels = tuple[int, ...]
 Row = tuple[str, Levels, int]  # (item key, level codes, suffix)
@@ -153,6 +154,22 @@ class ItemReads:
             items.c.index_id == space.index_id, items.c.version == space.version,
             *_range(items.c.code, lo, hi)).group_by(head).order_by(head))
         return {lay.child(bytes(h)): int(n) for h, n in conn.execute(stmt)}
+
+    def code_counts(self, conn: Connection, space: Space,
+                    prefixes: Sequence[Levels]) -> dict[Levels, int]:
+        """{full code: items} for the codes in use under any of ``prefixes`` (each of any depth
+        < L): one range per prefix on the code index, ``RANGE_CHUNK`` prefixes per statement."""
+        lay = space.layout
+        out: dict[Levels, int] = {}
+        for a in range(0, len(prefixes), RANGE_CHUNK):
+            ranges = [and_(*_range(items.c.code, *lay.range(p)))
+                      for p in prefixes[a:a + RANGE_CHUNK]]
+            stmt = select(items.c.code, func.count()).where(
+                items.c.index_id == space.index_id, items.c.version == space.version,
+                or_(*ranges)).group_by(items.c.code)
+            rows = conn.execute(stmt).all()
+            out.update(zip(lay.levels(bytes(c) for c, _ in rows), (int(n) for _, n in rows)))
+        return out
 
     def distinct_prefixes(self, conn: Connection, space: Space, depth: int) -> int:
         """How many distinct prefixes of ``depth`` levels (1..L) the version's items have."""
