@@ -38,11 +38,7 @@ class IndexModel(IndexReads):
         if self._model_cache is None or self._model_cache[0] != version:
             from .quantize import ResidualKMeans
 
-            from .storage import decode_prices
-
-            books, header = self._store.catalog.codebooks(conn, rec, version)
-            prices = decode_prices(header["prices"], f"version {version} of index "
-                                   f"{rec.name!r}") if header.get("prices") else None
+            books, header, prices = self._store.catalog.codebooks(conn, rec, version)
             model = ResidualKMeans.from_codebooks(
                 books, normalize_residuals=header["normalize_residuals"],
                 residual_scales=header.get("residual_scales"), prices=prices,

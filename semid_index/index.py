@@ -278,20 +278,15 @@ class SemanticIdIndex(IndexModel):
                        fps: np.ndarray, progress: bool | None, fit_stats: dict) -> int:
         """One transaction: ``model``'s codebooks as a new version holding these items (codes
         (N, L), fingerprints (N,)), made active. Returns the version number."""
-        from .storage import encode_prices
-
         header = {"dim": int(model.n_features_in_), "codebook_sizes": list(self.codebook_sizes),
                   "normalize_residuals": bool(model.normalize_residuals),
                   "residual_scales": [float(s) for s in model.residual_scales_],
                   "fit": fit_stats}
-        prices = model.get_prices()
-        if prices is not None:
-            header["prices"] = encode_prices(prices)
         with self._store.write(self._op("fit")) as conn, _bar(len(keys), "storing",
                                                               progress) as bar:
             rec = self._reread(conn, lock=True)
             version = self._store.catalog.add_version(conn, rec, model.get_codebooks(), header,
-                                                      len(keys))
+                                                      len(keys), model.get_prices())
             self._store.writes.load(conn, rec.space(version), keys, codes, fps, bar.update)
             self._store.catalog.activate(conn, rec, version)
             self._store.catalog.analyze(conn)

@@ -274,6 +274,61 @@ def test_max_per_code_training_leaves_room_for_every_item(tmp_path):
         assert index.model.max_per_code == 1
 
 
+def test_an_index_keeps_its_prices_beside_the_codebooks(db_url, skewed):
+    """A balanced version's prices are stored as checked blobs beside each level's codebook (not
+    in the JSON header) and come back with the model; a version written the old way (prices in
+    the header) still loads; a damaged price blob is refused."""
+    import json
+
+    from sqlalchemy import update
+
+    from semid_index import SemanticIdIndex
+    from semid_index.errors import CorruptBlobError
+    from semid_index.quantize import ResidualKMeans
+    from semid_index.storage import encode_prices
+    from semid_index.storage._schema import codebooks, versions
+
+    x = skewed
+    keys = [f"i{i}" for i in range(len(x))]
+    reference = ResidualKMeans(2, 16, balance=[None, 0.5], seed=0).fit(x)
+    want = reference.get_prices()
+    with SemanticIdIndex.create(db_url, "priced", n_levels=2, codebook_size=16, seed=0,
+                                balance=[None, 0.5]) as index:
+        index.fit(keys, x)
+        rec = index._record
+        with index._store.read() as conn:
+            header = index._store.catalog.header(conn, rec, 1)
+        assert "prices" not in header
+    with SemanticIdIndex.open(db_url, "priced") as index:
+        got = index.model.get_prices()
+        assert got is not None and len(got) == 2
+        for a, b in zip(got, want):
+            assert np.array_equal(a, b)
+        assert np.array_equal(index.encode(x), reference.encode(x).numpy())
+        ids = index.lookup_many(keys)
+
+        store = index._store
+        with store.write() as conn:  # the layout of versions written before schema 0003
+            conn.execute(update(versions).where(versions.c.index_id == rec.id).values(
+                header=json.dumps({**header, "prices": encode_prices(want)})))
+            conn.execute(update(codebooks).where(codebooks.c.index_id == rec.id)
+                         .values(prices=None))
+        index._model_cache = None
+        for a, b in zip(index.model.get_prices(), want):
+            assert np.array_equal(a, b)
+
+        with store.write() as conn:  # one level's blob altered, the other gone
+            conn.execute(update(codebooks).where(codebooks.c.index_id == rec.id,
+                                                 codebooks.c.level == 1)
+                         .values(prices=b"not a blob"))
+        index._model_cache = None
+        with pytest.raises(CorruptBlobError, match="prices"):
+            index.model
+        with pytest.raises(CorruptBlobError, match="prices"):
+            index.activate(1)
+        assert index.lookup_many(keys) == ids  # reads that need no model still work
+
+
 # ============================================================================ churn / warm start
 def _hand_churn(a, b, n_levels):
     changed = np.zeros(n_levels)

@@ -58,11 +58,11 @@ def test_older_schema_is_reported_then_upgraded_with_data_kept(db_url, mixture, 
     with engine.begin() as conn:
         _migrate.downgrade(conn, "0001")
     engine.dispose()
-    with pytest.raises(SchemaError, match="older semid_index schema revision 0001.*needs 0002"):
+    with pytest.raises(SchemaError, match="older semid_index schema revision 0001.*needs 0003"):
         SemanticIdIndex.open(db_url, "old", upgrade=False)
     with caplog.at_level(logging.WARNING, logger="semid_index.storage"):
         idx = SemanticIdIndex.open(db_url, "old")  # upgrades in one transaction, and says so
-    assert "from revision 0001 to 0002" in caplog.text
+    assert "from revision 0001 to 0003" in caplog.text
     with idx:
         assert idx.lookup_many(keys) == ids
         assert idx.remove(keys[:3]) == 3  # the table 0002 adds works
@@ -146,7 +146,7 @@ def _loaded_index(db_url, n=30_000):
     store, rec = idx._store, idx._record
     with store.write() as conn:
         # a second version with synthetic codes, so the tables are big enough to plan on
-        books, header = store.catalog.codebooks(conn, rec, 1)
+        books, header, _ = store.catalog.codebooks(conn, rec, 1)
         v = store.catalog.add_version(conn, rec, books, header, n)
         store.writes.load(conn, rec.space(v), [f"item-{i}" for i in range(n)], codes,
                           np.zeros(n, dtype=np.int64))

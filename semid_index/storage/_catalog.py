@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import (CorruptBlobError, IndexExistsError, IndexNotFoundError,
                       IndexReplacedError, VersionNotFoundError)
-from ._codec import decode_array, encode_array
+from ._codec import decode_array, decode_prices, encode_array
 from ._codes import CodeLayout, code_width, layout
 from ._schema import codebooks, indexes, items, retired, versions
 
@@ -159,8 +159,10 @@ class Catalog:
 
     # ------------------------------------------------------------------ versions
     def add_version(self, conn: Connection, rec: IndexRecord, books: list[np.ndarray],
-                    header: dict, n_items: int) -> int:
-        """Store a new codebook version (not yet active); its number."""
+                    header: dict, n_items: int,
+                    prices: list[np.ndarray] | None = None) -> int:
+        """Store a new codebook version (not yet active), with its per-level prices (G_l, K_l)
+        if it has any; its number."""
         last = conn.execute(select(func.max(versions.c.version))
                             .where(versions.c.index_id == rec.id)).scalar()
         version = (last or 0) + 1
@@ -169,7 +171,8 @@ class Catalog:
                                              header=json.dumps(header)))
         conn.execute(insert(codebooks), [
             {"index_id": rec.id, "version": version, "level": lv,
-             "data": encode_array(np.asarray(b, dtype="<f4"))}
+             "data": encode_array(np.asarray(b, dtype="<f4")),
+             "prices": None if prices is None else encode_array(np.asarray(prices[lv], "<f4"))}
             for lv, b in enumerate(books)])
         return version
 
@@ -219,11 +222,13 @@ class Catalog:
         return header
 
     def codebooks(self, conn: Connection, rec: IndexRecord,
-                  version: int) -> tuple[list[np.ndarray], dict]:
-        """(codebooks (K_l, D) float32 per level, header) of one version, every blob checked
-        against the index: one per level, each of the index's size and the version's dim."""
+                  version: int) -> tuple[list[np.ndarray], dict, list[np.ndarray] | None]:
+        """(codebooks (K_l, D) float32 per level, header, prices (G_l, K_l) float32 per level or
+        None) of one version, every blob checked against the index: one per level, each of the
+        index's size and the version's dim; prices on every level or none, each (1 or K_(l-1),
+        K_l). Versions written before schema 0003 keep their prices in the header."""
         header = self.header(conn, rec, version)
-        rows = conn.execute(select(codebooks.c.level, codebooks.c.data).where(
+        rows = conn.execute(select(codebooks.c.level, codebooks.c.data, codebooks.c.prices).where(
             codebooks.c.index_id == rec.id, codebooks.c.version == version)
             .order_by(codebooks.c.level)).all()
         where = f"version {version} of index {rec.name!r} in {self.url}"
@@ -244,4 +249,29 @@ class Catalog:
                 raise CorruptBlobError(f"{where}: the level-{r.level + 1} codebook holds "
                                        "NaN/inf")
             books.append(book)
-        return books, header
+        return books, header, self._prices(rows, header, rec, where)
+
+    @staticmethod
+    def _prices(rows, header: dict, rec: IndexRecord, where: str) -> list[np.ndarray] | None:
+        """The checked per-level prices of a version's codebook rows (or its header's)."""
+        if all(r.prices is None for r in rows):
+            return decode_prices(header["prices"], where) if header.get("prices") else None
+        if any(r.prices is None for r in rows):
+            raise CorruptBlobError(f"{where} has prices for levels "
+                                   f"{[r.level + 1 for r in rows if r.prices is not None]} "
+                                   "only, not for every level")
+        out = []
+        for r in rows:
+            try:
+                p = decode_array(bytes(r.prices))
+            except CorruptBlobError as e:
+                raise CorruptBlobError(f"{where}, level-{r.level + 1} prices: {e}") from None
+            k = rec.codebook_sizes[r.level]
+            groups = (1,) if r.level == 0 else (1, rec.codebook_sizes[r.level - 1])
+            if p.dtype != np.float32 or p.ndim != 2 or p.shape[1] != k or \
+                    p.shape[0] not in groups or not np.isfinite(p).all():
+                shape = f"({' or '.join(map(str, groups))}, {k})"
+                raise CorruptBlobError(f"{where}: the level-{r.level + 1} prices are {p.dtype} "
+                                       f"{p.shape}, not finite float32 {shape}")
+            out.append(p)
+        return out

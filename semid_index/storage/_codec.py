@@ -91,8 +91,9 @@ def decode_array(blob: bytes | bytearray | memoryview) -> np.ndarray:
 
 
 def encode_prices(prices: list[np.ndarray]) -> list[str]:
-    """A balanced version's per-level prices, each (G_l, K_l) float32, as base64 text of
-    :func:`encode_array` blobs (kept in the version's JSON header)."""
+    """Per-level prices, each (G_l, K_l) float32, as base64 text of :func:`encode_array` blobs:
+    where versions written before schema revision 0003 kept them (their JSON header; later ones
+    keep a blob beside each codebook)."""
     return [base64.b64encode(encode_array(np.asarray(p, dtype="<f4"))).decode("ascii")
             for p in prices]
 

@@ -88,6 +88,9 @@ codebooks = Table(
     Column("version", Integer, nullable=False),
     Column("level", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),  # storage._codec blob, (K, D) float32
+    # storage._codec blob, (G, K) float32: the level's prices (G = 1 or K of the level above),
+    # NULL when the version has none
+    Column("prices", LargeBinary, nullable=True),
     PrimaryKeyConstraint("index_id", "version", "level"),
     ForeignKeyConstraint(["index_id", "version"],
                          ["semid_versions.index_id", "semid_versions.version"],
