@@ -265,6 +265,15 @@ def test_max_per_code_training_leaves_room_for_every_item(tmp_path):
     assert np.bincount(greedy[:, 0] * k + greedy[:, 1], minlength=k * k).max() <= k
     assert len(set(full_keys(codes, [k] * 3).tolist())) == len(x)  # no two items share a code
 
+    # where no prefix would overflow, the cap changes nothing: the default fit, bit for bit
+    from semid_index.datasets import gaussian_mixture
+
+    y = gaussian_mixture(4000, 8, 6, seed=2)  # 32,768 full codes, at most ~30 per prefix
+    sizes = [8, 64, 64]
+    for a, b in zip(ResidualKMeans(3, sizes, seed=0).fit(y).get_codebooks(),
+                    ResidualKMeans(3, sizes, seed=0, max_per_code=1).fit(y).get_codebooks()):
+        assert np.array_equal(a, b)
+
     # the index passes max_per_code to training: no collided item either
     url = f"sqlite:///{tmp_path}/cap.db"
     keys = [f"i{i}" for i in range(len(x))]

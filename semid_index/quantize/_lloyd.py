@@ -87,7 +87,6 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = No
     n = x.shape[0]
     rows = block_rows(k, rows)  # score blocks of up to 16 MiB: few, large GEMMs
     xsq = float(row_sq_norms(x).double().sum())
-    constrained = balance is not None or cap is not None
     m = n if balance is None else min(n, max(k, PRICE_FLOATS // k))
     # the rows the prices are solved on: all, or a systematic sample of m spread over x
     sub = None if m == n else (torch.arange(m, device=x.device) * n) // m
@@ -155,14 +154,15 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = No
         lab = assign()
         sums, n_changed = _update_sums(sums, x, before, lab, k)
         done += 1
-        # balanced: the prices move the inertia a little every iteration, so also stop once
-        # hardly any row changes code
-        settled = constrained and n_changed <= SETTLED * n
+        # priced: the prices move the inertia a little every iteration, so also stop once
+        # hardly any row changes code (a cap that never bound leaves plain Lloyd)
+        settled = (balance is not None or level.price is not None) and \
+            n_changed <= SETTLED * n
         if empty.numel() == 0 and (abs(prev - inertia) <= tol * inertia or settled):
             converged = True
             break
         prev = inertia
-    if constrained:  # the final labels: prices solved to the end
+    if balance is not None or level.price is not None:  # final labels: prices solved to the end
         before = lab
         lab = assign(FINAL_ROUNDS)
         sums, _ = _update_sums(sums, x, before, lab, k)
