@@ -304,10 +304,9 @@ def model_options(options: dict, *, known: Sequence[str] | None = None) -> dict:
             raise ConfigError(f"{name} must be {check.__doc__}, got {value!r}")
     layer_wise = options.get("mode", "default") == "default" and \
         options.get("train_layer_wise", True)
-    for name in ("balance", "max_per_code"):
-        if options.get(name) is not None and not layer_wise:
-            raise ConfigError(f"{name} needs the layer-wise default mode (mode='default', "
-                              "train_layer_wise=True)")
+    if options.get("balance") is not None and not layer_wise:
+        raise ConfigError("balance needs the layer-wise default mode (mode='default', "
+                          "train_layer_wise=True)")
     return options
 
 

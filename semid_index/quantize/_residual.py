@@ -128,8 +128,8 @@ class ResidualKMeans(CodesMixin):
         share of the rows on the mini-batch path). Without it, a dense region can put more
         items on one prefix than it has full codes, and those items collide whatever relocation
         does. Nothing changes where no prefix overflows; a level whose codes cannot hold the
-        catalog at that cap is left alone. Deeper prefixes (4+ levels) rely on relocation only.
-        Needs the layer-wise default mode.
+        catalog at that cap is left alone. Deeper prefixes (4+ levels), GRID mode and joint
+        training rely on relocation only (they train as without it).
     init : "k-means++", sequence of (K_l, D) arrays, or a fitted ResidualKMeans
         How each level starts: greedy k-means++ seeding, or given centroids (a warm start, e.g.
         the codebooks of a previous fit: a refit on a grown catalog then keeps most items'
@@ -308,7 +308,8 @@ class ResidualKMeans(CodesMixin):
             # level: the first init_n rows seed it, mini-batches and Lloyd run over all of it
             x = src.sample(train_n, gen).to(self._device)
             self._variance = float(x.var(0).mean()) if x.shape[0] > 1 else 1.0
-        self._caps = _level_caps(self.max_per_code, sizes, x.shape[0], src.n_rows)
+        self._caps = _level_caps(self.max_per_code if self.train_layer_wise else None, sizes,
+                                 x.shape[0], src.n_rows)
         if self.train_layer_wise:
             for lv in range(len(sizes)):
                 self._fit_level(lv, x, init_n, gen, None if inits is None else inits[lv])
@@ -368,6 +369,7 @@ class ResidualKMeans(CodesMixin):
         self.history_: list[FitLog] = []
         self._exact = False  # fit() decides (exact Lloyd on all rows, or mini-batch)
         self._init_rows = None  # exact regime: the k-means++ rows (set by _fit)
+        self._caps = {}  # training caps under max_per_code (set by _fit)
 
     def _finish(self) -> None:
         levels = [lv for lv in self._levels if lv is not None]
@@ -459,7 +461,7 @@ class ResidualKMeans(CodesMixin):
         parent = getattr(self, "_parent", None) if lv > 0 else None
         res = lloyd(level, x, n_iter, tol, balance=_level_balance(self.balance, lv),
                     parent=parent, n_groups=self.codebook_sizes_[lv - 1] if lv else 1,
-                    cap=getattr(self, "_caps", {}).get(lv))
+                    cap=self._caps.get(lv))
         self._parent = res.labels
         level.counts = res.counts.clone()
         c = level.centroids
