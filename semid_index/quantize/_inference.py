@@ -246,8 +246,9 @@ class CodesMixin:
         return [c.detach().cpu().numpy().astype(np.float32, copy=True) for c in self.codebooks_]
 
     def get_prices(self) -> list[np.ndarray] | None:
-        """Per-code prices of a balanced fit as float32 arrays, one (G_l, K_l) per level (G_1 = 1,
-        G_l = K_(l-1): a row per parent code); None when every price is zero (plain
+        """Per-code prices of a balanced or capacity-capped fit as float32 arrays, one (G_l, K_l)
+        per level (G_l = 1: one price per code, as ``balance`` sets; G_l = K_(l-1): a row per
+        parent code, as the ``max_per_code`` caps set); None when every price is zero (plain
         nearest-centroid encoding)."""
         self._check_fitted()
         prices = getattr(self, "prices_", None)

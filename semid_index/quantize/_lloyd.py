@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ConfigError
 from ._balance import PRICE_FLOATS, balanced_prices
 from ._kernels import block_rows, row_sq_norms, scores
 
@@ -71,27 +72,28 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = No
     from its centroid, so it is used again.
 
     With ``balance`` (a slack s >= 0) every assignment is balanced: per-code prices
-    (:func:`._balance.balanced_prices`, kept in ``level.price``, (n_groups, K)) keep the rows of
-    each parent code (``parent`` (n,), the rows' codes at the level above, in 0..n_groups-1)
-    between ``(1 - s)`` and ``(1 + s)`` times their even share of every code. They are solved on
-    at most ``PRICE_FLOATS / K`` rows spread evenly over x (all rows when they fit) and every
-    row is assigned with them.
+    (:func:`._balance.balanced_prices`, kept in ``level.price``, (1, K)) keep every code between
+    ``(1 - s)`` and ``(1 + s)`` times its even share of the rows. They are solved on at most
+    ``PRICE_FLOATS / K`` rows spread evenly over x (all rows when they fit) and every row is
+    assigned with them.
 
     With ``cap`` (an int) no (parent code, code) pair holds more than ``cap`` rows (a parent
     with more than ``cap`` rows per code spreads them evenly instead): the same
     prices, raised only where a pair overflows, and solved only on the rows of parent codes
     that have an overflowing pair (nearest-centroid assignment everywhere else), so a cap that
-    binds in a few places costs little. With ``balance`` too, both bounds hold.
+    binds in a few places costs little. Not with ``balance``.
     """
     k = level.k
     n = x.shape[0]
+    if balance is not None and cap is not None:
+        raise ConfigError("a level is balanced or capped, not both")
     rows = block_rows(k, rows)  # score blocks of up to 16 MiB: few, large GEMMs
     xsq = float(row_sq_norms(x).double().sum())
     m = n if balance is None else min(n, max(k, PRICE_FLOATS // k))
     # the rows the prices are solved on: all, or a systematic sample of m spread over x
     sub = None if m == n else (torch.arange(m, device=x.device) * n) // m
-    groups = None if parent is None or n_groups == 1 else \
-        parent if sub is None else parent.index_select(0, sub)
+    if balance is not None and level.price is not None and level.price.shape[0] != 1:
+        level.set_price(None)  # per-parent prices (a warm start from an older fit): start over
 
     def solve(xs: torch.Tensor, g: torch.Tensor | None, rounds: int,
               share: float = 1.0) -> torch.Tensor:
@@ -113,7 +115,7 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = No
 
     def assign(rounds: int = ROUNDS_PER_ITERATION):
         if balance is not None:
-            lab = solve(x if sub is None else x.index_select(0, sub), groups, rounds, m / n)
+            lab = solve(x if sub is None else x.index_select(0, sub), None, rounds, m / n)
             if m == n:
                 return lab
             return nearest()

@@ -112,13 +112,13 @@ class ResidualKMeans(CodesMixin):
         during the Lloyd iterations, no code holding more than ``ceil((1 + s) n / K)`` of the
         training rows, by per-code prices added to the distance (``prices_``; see
         :mod:`semid_index.quantize._balance`). Encoding adds the same prices, so new items spread
-        like the training rows. Costs a little reconstruction error, buys near-uniform code sizes
-        and far fewer collisions; ``0.1`` is a good start, ``0`` asks for exact balance. The
+        like the training rows. Costs reconstruction error (dense regions are split), buys
+        near-uniform code sizes; ``0.1`` is a good start, ``0`` asks for exact balance. The
         price auction stops at a round budget, so sizes end within about ``(1 +- (s + 0.1))``
-        times the even share. A list gives one slack (or None: unbalanced) per level; level
-        ``l > 1`` balances the items of each level-``(l-1)`` code over its codes (prices
-        (K_(l-1), K_l)), which is what keeps prefixes from overflowing. Needs the layer-wise
-        default mode.
+        times the even share. A list gives one slack (or None: unbalanced) per level. Every
+        level balances its codes over all items (prices (1, K_l)): even token frequencies per
+        level. (Room for every item under its prefix is ``max_per_code``'s job; a balanced
+        level takes no training cap from it.) Needs the layer-wise default mode.
     max_per_code : int or None, default None
         The capacity of a full code that an index will enforce by relocation (see
         :class:`~semid_index.SemanticIdIndex`). Training then keeps the prefixes of the first
@@ -461,7 +461,8 @@ class ResidualKMeans(CodesMixin):
         parent = getattr(self, "_parent", None) if lv > 0 else None
         res = lloyd(level, x, n_iter, tol, balance=_level_balance(self.balance, lv),
                     parent=parent, n_groups=self.codebook_sizes_[lv - 1] if lv else 1,
-                    cap=self._caps.get(lv))
+                    cap=None if _level_balance(self.balance, lv) is not None else
+                    self._caps.get(lv))
         self._parent = res.labels
         level.counts = res.counts.clone()
         c = level.centroids
