@@ -1,9 +1,10 @@
 """Balanced codes: per-code prices under which every code holds about its share of the rows.
 
-A level assigns a row to ``argmin_k ||x - c_k||^2 + p[g, k]``, ``g`` the row's code at the level
-above (one row of prices at the first level). With every price 0 that is plain nearest-centroid
-assignment; :func:`balanced_prices` moves the prices until the rows of every parent code spread
-over its codes within ``(1 +- slack)`` of the even share. The prices are the dual variables of
+A level assigns a row to ``argmin_k ||x - c_k||^2 + p[g, k]``, ``g`` the row's group: one group
+(one row of prices) for ``balance``, the row's code at the level above for the ``max_per_code``
+caps. With every price 0 that is plain nearest-centroid assignment; :func:`balanced_prices`
+moves the prices until the rows of every group spread over its codes within ``(1 +- slack)`` of
+the even share, and/or no (group, code) holds more than a cap. The prices are the dual variables of
 the size-constrained assignment problem (minimise the total squared distance subject to the size
 bounds), found by an auction: each round, every code with ``m`` rows too many raises its price by
 the ``m``-th smallest *regret* among its rows (the extra distance a row pays at its next best
@@ -13,7 +14,8 @@ iteration's prices, a few rounds per iteration suffice.
 
 The prices stay with the codebook: encoding new items adds them too, so items added after the
 fit are spread like the training data instead of piling onto the popular codes, and the greedy
-prefix property holds under the priced distance. Pure PyTorch, any device.
+prefix property holds under the priced distance. The auction runs in numpy on the CPU; the
+prices go back to the scores' device.
 """
 
 from __future__ import annotations
