@@ -287,6 +287,7 @@ def test_an_index_keeps_its_prices_beside_the_codebooks(db_url, skewed):
     """A balanced version's prices are stored as checked blobs beside each level's codebook (not
     in the JSON header) and come back with the model; a version written the old way (prices in
     the header) still loads; a damaged price blob is refused."""
+    import base64
     import json
 
     from sqlalchemy import update
@@ -294,7 +295,7 @@ def test_an_index_keeps_its_prices_beside_the_codebooks(db_url, skewed):
     from semid_index import SemanticIdIndex
     from semid_index.errors import CorruptBlobError
     from semid_index.quantize import ResidualKMeans
-    from semid_index.storage import encode_prices
+    from semid_index.storage import encode_array
     from semid_index.storage._schema import codebooks, versions
 
     x = skewed
@@ -319,7 +320,8 @@ def test_an_index_keeps_its_prices_beside_the_codebooks(db_url, skewed):
         store = index._store
         with store.write() as conn:  # the layout of versions written before schema 0003
             conn.execute(update(versions).where(versions.c.index_id == rec.id).values(
-                header=json.dumps({**header, "prices": encode_prices(want)})))
+                header=json.dumps({**header, "prices": [
+                    base64.b64encode(encode_array(p)).decode("ascii") for p in want]})))
             conn.execute(update(codebooks).where(codebooks.c.index_id == rec.id)
                          .values(prices=None))
         index._model_cache = None

@@ -9,7 +9,7 @@
 
 from ..errors import CorruptBlobError
 from ._catalog import IndexRecord, Space, VersionRecord
-from ._codec import ALLOWED_DTYPES, decode_array, decode_prices, encode_array, encode_prices
+from ._codec import ALLOWED_DTYPES, decode_array, decode_prices, encode_array
 from ._engine import missing_sqlite_file
 from ._migrate import check_schema, current_revision, head_revision, script_location, upgrade
 from ._schema import metadata
@@ -18,6 +18,6 @@ from ._store import Store
 __all__ = [
     "ALLOWED_DTYPES", "CorruptBlobError", "IndexRecord", "Space", "Store", "VersionRecord",
     "check_schema", "current_revision", "decode_array", "decode_prices", "encode_array",
-    "encode_prices", "head_revision",
+    "head_revision",
     "metadata", "missing_sqlite_file", "script_location", "upgrade",
 ]

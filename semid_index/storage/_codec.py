@@ -90,16 +90,10 @@ def decode_array(blob: bytes | bytearray | memoryview) -> np.ndarray:
     return np.frombuffer(payload, dtype=dtype).reshape(shape).copy()
 
 
-def encode_prices(prices: list[np.ndarray]) -> list[str]:
-    """Per-level prices, each (G_l, K_l) float32, as base64 text of :func:`encode_array` blobs:
-    where versions written before schema revision 0003 kept them (their JSON header; later ones
-    keep a blob beside each codebook)."""
-    return [base64.b64encode(encode_array(np.asarray(p, dtype="<f4"))).decode("ascii")
-            for p in prices]
-
-
 def decode_prices(texts, where: str) -> list[np.ndarray]:
-    """Inverse of :func:`encode_prices`, every blob verified: 2-d finite float32 arrays."""
+    """Per-level prices as versions written before schema revision 0003 kept them in their JSON
+    header (base64 text of :func:`encode_array` blobs), every blob verified: 2-d finite float32
+    arrays."""
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise CorruptBlobError(f"{where}: the prices in the header are not a list of blobs")
     out = []
