@@ -24,6 +24,8 @@ _LAZY = {
     "IdChange": "semid_index._results",
     "IndexStats": "semid_index._results",
     "VersionInfo": "semid_index._results",
+    "DecodingTable": "semid_index.decoding",
+    "TokenLayout": "semid_index.decoding",
     "ResidualKMeans": "semid_index.quantize",
     "QualityReport": "semid_index.quantize",
     "ResidualQuantization": "semid_index.compat",

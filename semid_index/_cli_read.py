@@ -190,15 +190,21 @@ def compare_versions(db, index_name, as_json, old_version, new_version):
 @main.command(context_settings=_CTX)
 @_common
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--what", type=click.Choice(["ids", "next-codes", "grid"]), default="ids",
-              show_default=True,
+@click.option("--what", type=click.Choice(["ids", "next-codes", "grid", "decoding", "sid2items",
+                                          "prefix-ngrams"]), default="ids", show_default=True,
               help="ids: one record per item; next-codes: the valid next codes after every "
-                   "prefix (constrained decoding); grid: GRID's (L+1) x N array (.npy).")
+                   "prefix; grid: GRID's (L+1) x N array (.npy); decoding: the sorted (N, L+1) "
+                   "code array (.npy) for dense+CSR constrained-decoding builders; sid2items: "
+                   "packed SID -> items (.json, the OneRec serving layout); prefix-ngrams: "
+                   "prefix-n-gram token ids (.npz).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "npz"]),
               help="Default: from OUT's extension.")
 @click.option("--no-tokens", is_flag=True, help="Leave the token strings out of an ids export.")
+@click.option("--base", type=click.IntRange(min=2),
+              help="sid2items: pack SIDs in this fixed base (what the reader expects, e.g. "
+                   "8192) instead of the codebook sizes (a*K^2 + b*K + c).")
 @click.option("--version", "version", type=int, help="A version other than the active one.")
-def export(db, index_name, as_json, out, what, fmt, no_tokens, version):
+def export(db, index_name, as_json, out, what, fmt, no_tokens, base, version):
     """Write the index's IDs for training or serving a generative model.
 
     \b
@@ -206,21 +212,28 @@ def export(db, index_name, as_json, out, what, fmt, no_tokens, version):
     semid export ids.parquet --no-tokens
     semid export next.jsonl --what next-codes       # prefix -> allowed next codes
     semid export grid.npy --what grid               # (L+1, N) int64 + grid.npy.keys.txt
+    semid export codes.npy --what decoding          # (N, L+1) int64 sorted + codes.npy.keys.txt
+    semid export sid2iid.json --what sid2items      # {"<a*K^2+b*K+c>": [{"pid": key, ...}]}
+    semid export ngrams.npz --what prefix-ngrams    # keys, ids, ngrams (N, L), vocab_size
     """
     from . import export as ex
 
-    if what == "grid":
-        if fmt is not None or not out.endswith(".npy"):
-            _fail("--what grid writes a NumPy .npy file: name OUT something.npy")
+    single = {"grid": ".npy", "decoding": ".npy", "sid2items": ".json", "prefix-ngrams": ".npz"}
+    if what in single:
+        if fmt is not None or not out.endswith(single[what]):
+            _fail(f"--what {what} writes one {single[what]} file: name OUT "
+                  f"something{single[what]}")
     else:
         allowed = ex.FORMATS if what == "ids" else ("jsonl", "parquet", "npz")
         fmt = ex.format_of(out, fmt, allowed)
+    if base is not None and what != "sid2items":
+        _fail("--base applies to --what sid2items only")
     # files appear only complete: an export that fails leaves what was there before
-    n, extra = _export(db, index_name, out, what, fmt, no_tokens, version)
+    n, extra = _export(db, index_name, out, what, fmt, no_tokens, version, base)
     _emit(as_json, {"out": out, "what": what, "rows": n}, f"wrote {n:,}{extra} to {out}")
 
 
-def _export(db, index_name, out, what, fmt, no_tokens, version) -> tuple[int, str]:
+def _export(db, index_name, out, what, fmt, no_tokens, version, base) -> tuple[int, str]:
     from . import export as ex
 
     with _open(db, index_name) as idx:
@@ -230,8 +243,15 @@ def _export(db, index_name, out, what, fmt, no_tokens, version) -> tuple[int, st
         elif what == "next-codes":
             n, extra = ex.write_next_codes(out, fmt, idx.id_arrays(version=version)[1]), \
                 " prefixes"
+        elif what == "sid2items":
+            n, extra = ex.write_sid2items(out, idx.id_pages(version=version),
+                                          idx.codebook_sizes, base=base), " packed SIDs"
+        elif what == "prefix-ngrams":
+            keys, ids = idx.id_arrays(version=version)
+            n, extra = ex.write_prefix_ngrams(out, keys, ids, idx.codebook_sizes), " items"
         else:
             n = idx.count(version=version)
-            keys_file = ex.write_grid(out, idx.id_pages(version=version), n, idx.n_levels)
+            keys_file = ex.write_grid(out, idx.id_pages(version=version), n, idx.n_levels,
+                                      rows=what == "decoding")
             extra = f" items (+ {keys_file})"
     return n, extra

@@ -28,6 +28,7 @@ The tree::
         NotFittedError              used before fit (RuntimeError)
         SchemaError                 schema too old, too new, or not semid_index's (RuntimeError)
         StoreClosedError            used after close() (RuntimeError)
+        StaleTableError             a decoding table of another version than the active one
         StoreError                  the database failed an operation (RuntimeError)
             LockTimeoutError        waited too long for another writer's lock
             ReadOnlyDatabaseError   a write on a database opened or mounted read-only
@@ -60,6 +61,7 @@ __all__ = [
     "ReadOnlyDatabaseError",
     "SchemaError",
     "SemanticIdError",
+    "StaleTableError",
     "StoreClosedError",
     "StoreError",
     "TooFewItemsError",
@@ -172,6 +174,11 @@ class SchemaError(SemanticIdError, RuntimeError):
 
 class StoreClosedError(SemanticIdError, RuntimeError):
     """The index (or store) was used after ``close()``."""
+
+
+class StaleTableError(SemanticIdError, RuntimeError):
+    """A decoding table built from another codebook version than the index's active one
+    (rebuild it: ``DecodingTable.from_index`` or ``table.refresh(index)``)."""
 
 
 class StoreError(SemanticIdError, RuntimeError):

@@ -3,7 +3,9 @@
 - item IDs: JSONL, CSV, Parquet or NumPy, with token strings such as ``<a_12><b_201><c_7><d_0>``;
 - the valid-next-code table for constrained decoding: for every prefix that occurs (depth 0..L,
   the empty prefix included), the codes that may follow it; after all L levels, the suffixes;
-- GRID's layout: one (L + 1, N) int64 array, column j = the L codes and the suffix of item j.
+- GRID's layout: one (L + 1, N) int64 array, column j = the L codes and the suffix of item j;
+- serving formats for constrained decoding: the sorted (N, L + 1) code array (``.npy``), the
+  packed-SID -> items JSON map of the OneRec serving examples, and prefix-n-gram token ids.
 
 >>> import numpy as np
 >>> ids = np.array([[1, 2, 0], [1, 3, 0], [1, 3, 1], [4, 0, 0]])  # sorted (L=2, suffix last)
@@ -26,8 +28,9 @@ import numpy as np
 from .errors import ConfigError, OutputFileError
 from .ids import id_string, token_string
 
-__all__ = ["FORMATS", "format_of", "next_code_table", "replaced", "token_strings", "write_grid",
-           "write_ids", "write_next_codes"]
+__all__ = ["FORMATS", "format_of", "next_code_table", "packed_sids", "prefix_ngram_ids", "replaced",
+           "token_strings", "write_grid", "write_ids", "write_next_codes", "write_prefix_ngrams",
+           "write_sid2items"]
 
 FORMATS = ("jsonl", "csv", "parquet", "npz")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
@@ -226,20 +229,24 @@ def _write_next_codes(path: str, fmt: str, ids: np.ndarray) -> int:
 
 
 def write_grid(path, pages: Iterable[tuple[Sequence[str], np.ndarray]], n: int,
-               n_levels: int) -> Path:
+               n_levels: int, *, rows: bool = False) -> Path:
     """GRID's layout: ``path`` (.npy) holds the (L + 1, N) int64 array, column j the codes and
-    suffix of item j; the item keys go, one per line in column order, to ``<path>.keys.txt``.
-    Written page by page into a memory-mapped file (``n`` items, as counted beforehand); both
-    files appear only complete (see :func:`replaced`). Returns the keys file's path."""
+    suffix of item j; with ``rows``, the (N, L + 1) array sorted by ID (row j = item j: the input
+    of dense + CSR constrained-decoding builders). The item keys go, one per line in item order,
+    to ``<path>.keys.txt``. Written page by page into a memory-mapped file (``n`` items, as
+    counted beforehand); both files appear only complete (see :func:`replaced`). Returns the
+    keys file's path."""
     keys_path = Path(path).with_name(Path(path).name + ".keys.txt")
     with replaced(path) as tmp, replaced(keys_path) as keys_tmp:
-        _write_grid(tmp, keys_tmp, pages, n, n_levels)
+        _write_grid(tmp, keys_tmp, pages, n, n_levels, rows)
     return keys_path
 
 
 def _write_grid(path: str, keys_path: str, pages: Iterable[tuple[Sequence[str], np.ndarray]],
-                n: int, n_levels: int) -> None:
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.int64, shape=(n_levels + 1, n))
+                n: int, n_levels: int, rows: bool = False) -> None:
+    shape = (n, n_levels + 1) if rows else (n_levels + 1, n)
+    mem = np.lib.format.open_memmap(path, mode="w+", dtype=np.int64, shape=shape)
+    out = mem if rows else mem.T
     j = 0
     with open(keys_path, "w", encoding="utf-8") as f:
         for keys, ids in pages:
@@ -249,10 +256,110 @@ def _write_grid(path: str, keys_path: str, pages: Iterable[tuple[Sequence[str], 
                                   "keys file: export ids as .npz instead")
             if j + len(keys) > n:
                 raise ConfigError("the index grew while it was exported; export again")
-            out[:, j:j + len(keys)] = ids.T
+            out[j:j + len(keys)] = ids
             f.write("".join(k + "\n" for k in keys))
             j += len(keys)
-    out.flush()
-    del out
+    mem.flush()
+    del mem, out
     if j != n:
         raise ConfigError(f"the index changed while it was exported ({j} items, not {n})")
+
+
+def _radix(sizes: Sequence[int], base: int | None) -> np.ndarray:
+    """Weights of the packed SID: mixed radix over the codebook sizes, or a fixed base."""
+    radix = [int(base)] * len(sizes) if base is not None else [int(k) for k in sizes]
+    if base is not None and (isinstance(base, bool) or not isinstance(base, int) or
+                             base < max(sizes)):
+        raise ConfigError(f"base must be an int >= the largest codebook ({max(sizes)}), got "
+                          f"{base!r}")
+    if np.prod([float(r) for r in radix]) >= 2.0 ** 63:
+        raise ConfigError(f"{' x '.join(map(str, radix))} codes do not fit a 64-bit packed SID")
+    weights = np.ones(len(radix), dtype=np.int64)
+    for i in range(len(radix) - 2, -1, -1):
+        weights[i] = weights[i + 1] * radix[i + 1]
+    return weights
+
+
+def packed_sids(codes: np.ndarray, sizes: Sequence[int], base: int | None = None) -> np.ndarray:
+    """(N,) int64 packed SIDs of (N, L) level codes: ``a * K^2 + b * K + c`` for 3 levels of K
+    codes; mixed radix (``a * K_2 * K_3 + b * K_3 + c``) for levels of different sizes, or the
+    fixed ``base`` a reader expects (e.g. 8192)."""
+    codes = np.asarray(codes, dtype=np.int64)
+    if base is not None and codes.size and int(codes.max()) >= base:
+        raise ConfigError(f"code {int(codes.max())} does not fit base {base}")
+    return codes @ _radix(sizes, base)
+
+
+def write_sid2items(path, pages: Iterable[tuple[Sequence[str], np.ndarray]],
+                    sizes: Sequence[int], *, base: int | None = None) -> int:
+    """The packed-SID -> items map that the open OneRec serving and benchmark code reads
+    (``sid2pid.json`` / ``sid2iid.json``, "multiply" encoding): one JSON object whose keys are the
+    packed SIDs of the L level codes as decimal strings (:func:`packed_sids`) and whose values
+    list the items with those codes, in suffix order, as ``{"pid": key, "suffix": s}``. Items
+    that share all L codes share one entry, as there. Streamed page by page (IDs arrive sorted,
+    so each entry's items are adjacent); the file appears only complete. Returns the number of
+    entries."""
+    weights = _radix(sizes, base)
+    with replaced(path) as tmp:
+        return _write_sid2items(tmp, pages, weights, base)
+
+
+def _write_sid2items(path: str, pages: Iterable[tuple[Sequence[str], np.ndarray]],
+                     weights: np.ndarray, base: int | None) -> int:
+    n_entries = 0
+    last: int | None = None
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("{")
+        for keys, ids in pages:
+            if base is not None and len(ids) and int(ids[:, :-1].max()) >= base:
+                raise ConfigError(f"code {int(ids[:, :-1].max())} does not fit base {base}")
+            packed = (ids[:, :-1] @ weights).tolist()
+            suffix = ids[:, -1].tolist()
+            parts = []
+            for key, p, s in zip(keys, packed, suffix):
+                item = '{"pid": %s, "suffix": %d}' % (json.dumps(key, ensure_ascii=False), s)
+                if p == last:
+                    parts.append(", " + item)
+                else:
+                    parts.append(("]" if last is not None else "") +
+                                 (",\n" if last is not None else "\n") + f'"{p}": [' + item)
+                    last = p
+                    n_entries += 1
+            f.write("".join(parts))
+        f.write("]\n}\n" if last is not None else "}\n")
+    return n_entries
+
+
+def prefix_ngram_ids(ids: np.ndarray, sizes: Sequence[int]) -> tuple[np.ndarray, int]:
+    """Prefix-n-gram token ids: (N, L) int64, column k-1 the id of the item's first k codes, and
+    the vocabulary size. Every prefix length has its own id range, and the ids are stable (the
+    same prefix keeps its id whatever the catalog): the prefix (c_1..c_k) gets
+    ``offset_k + packed(c_1..c_k)``, with packed the mixed-radix number of the k codes and
+    ``offset_k = K_1 + K_1 K_2 + ... + K_1..K_{k-1}``. ids : (N, L + 1) codes then suffix."""
+    ids = np.asarray(ids, dtype=np.int64)
+    sizes = [int(k) for k in sizes]
+    n_levels = len(sizes)
+    out = np.zeros((len(ids), n_levels), dtype=np.int64)
+    packed = np.zeros(len(ids), dtype=np.int64)
+    offset = 0
+    span = 1
+    for k in range(n_levels):
+        if span * sizes[k] + offset >= 2 ** 63:
+            raise ConfigError(f"prefix n-grams of {' x '.join(map(str, sizes))} codes do not "
+                              "fit 64-bit ids")
+        packed = packed * sizes[k] + ids[:, k]
+        out[:, k] = offset + packed
+        span *= sizes[k]
+        offset += span
+    return out, offset
+
+
+def write_prefix_ngrams(path, keys: Sequence[str], ids: np.ndarray,
+                        sizes: Sequence[int]) -> int:
+    """``.npz`` with ``keys`` (N,), ``ids`` (N, L + 1), ``ngrams`` (N, L) (see
+    :func:`prefix_ngram_ids`) and ``vocab_size``; the file appears only complete. Returns N."""
+    ngrams, vocab = prefix_ngram_ids(ids, sizes)
+    with replaced(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, keys=np.asarray(list(keys), dtype=str), ids=ids, ngrams=ngrams,
+                 vocab_size=np.int64(vocab))
+    return len(keys)

@@ -101,11 +101,12 @@ def id_string(parts: Sequence[int]) -> str:
 
 def token_string(parts: Sequence[int]) -> str:
     """``<a_12><b_201><c_7><d_0>`` for the parts (c_1, ..., c_L, suffix)."""
-    return "".join([f"{head}{v}>" for head, v in zip(_token_heads(len(parts)), parts)])
+    return "".join([f"{head}{v}>" for head, v in zip(token_heads(len(parts)), parts)])
 
 
 @functools.lru_cache(maxsize=64)
-def _token_heads(n: int) -> tuple[str, ...]:
+def token_heads(n: int) -> tuple[str, ...]:
+    """``("<a_", "<b_", ...)``: the token prefix of each of n positions."""
     return tuple(f"<{_letter(i)}_" for i in range(n))
 
 

@@ -106,3 +106,15 @@ def test_movielens_demo_prints_real_titles_and_neighbours(tmp_path):
     # collided = items whose full code another item also has, the same measure both times)
     before, after = map(float, re.findall(r"another ([0-9.]+)% -> ([0-9.]+)%", out)[0])
     assert before > 30.0 and after < 2.0, (before, after)
+
+
+def test_generate_example_decodes_only_issued_ids(tmp_path):
+    """The README's "Generate IDs with a model" example: a tiny model trained here, beam search
+    with and without the index as a constraint, bans and an item added after the table."""
+    out = run(ROOT / "examples/generate_example.py", "--db", f"sqlite:///{tmp_path}/g.db",
+              "--items", "1500", "--steps", "250", cwd=tmp_path)
+    free, total = map(int, re.findall(r"unconstrained beams: (\d+) of (\d+)", out)[0])
+    assert total == 320
+    assert "constrained beams:   320 of 320 are issued IDs" in out
+    assert "(none of the shown: True)" in out
+    assert "added 100 items: 0 resolvable before refresh, 100 after" in out

@@ -1,0 +1,790 @@
+"""Constrained decoding: the index as a generation-time constraint (torch; transformers optional).
+
+A generative recommender emits an item's semantic ID token by token: the L level codes, then the
+suffix. :class:`DecodingTable` holds, for every prefix of every depth 0..L that occurs in the
+index, the codes that may follow it, so a beam can only ever spell an *issued* ID (suffix
+included), never just a plausible code tuple. It is built from the index's sorted ID array and
+answers a whole batch of beams with a few tensor operations, on CPU or GPU:
+
+- ``table.allowed(prefixes)`` -> (B, K_max) bool, the valid next codes of each prefix;
+- ``table.resolve(full_ids)`` -> item keys (None for an ID that was never issued);
+- ``table.exclusion(items=..., prefixes=...)`` -> request-time bans, applied without a rebuild
+  (a prefix whose every item is banned is no longer allowed);
+- :class:`TokenLayout` maps codes to a model's vocabulary: per-level offsets into its own
+  vocabulary, or a Hugging Face tokenizer extended with the index's ``<a_12>`` tokens;
+- :class:`SemanticIdLogitsProcessor` (a ``transformers`` ``LogitsProcessor``) and
+  :class:`PrefixAllowedTokens` (a ``prefix_allowed_tokens_fn``) mask every step of ``generate``.
+
+Layout in memory (nodes of depth d are the distinct d-prefixes, in ID order; depth L + 1 are the
+items themselves, in ID order). For every step d = 0..L (choosing position d):
+
+- ``key[d]`` (M_{d+1},): ``parent * W_d + code`` of each node of depth d + 1, sorted, int32
+  where it fits. A prefix is found with one ``searchsorted`` per level; a node's children are a
+  contiguous run of ``key[d]``; a node's items are a contiguous range of rows.
+- ``dense[d]`` (M_d, W_d) int32 child index (-1: none) for shallow steps where it is small
+  (M_d * W_d <= max(65,536, N)): the first levels' masks are one gather.
+
+That is 4 bytes per node of every depth plus the dense tables: ~8-9 bytes per item for 3 x 256
+codes at 1M items (:attr:`DecodingTable.nbytes`); item keys, kept for :meth:`resolve`, are Python
+strings on top (``keys=False`` leaves them out).
+
+Freshness: a table is a snapshot of one version. :meth:`DecodingTable.refresh` rebuilds it from
+the index (the read from the store dominates; see the README for the 1M-item figures), and
+:meth:`DecodingTable.check` raises :class:`StaleTableError` once the index has activated another
+version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, EmptyInputError, InvalidCodesError, StaleTableError
+from .ids import SemanticId, token_heads
+
+if TYPE_CHECKING:
+    from .index import SemanticIdIndex
+
+__all__ = ["DecodingTable", "Exclusion", "PrefixAllowedTokens", "SemanticIdLogitsProcessor",
+           "TokenLayout", "token_vocabulary"]
+
+BITMASK_BYTES = 1 << 20  # a step keeps a bit mask when it takes <= max(this, 2 N) bytes
+_I32 = 2 ** 31 - 1
+
+try:  # transformers is optional: the processor is a plain callable without it
+    from transformers import LogitsProcessor as _ProcessorBase
+except ImportError:  # pragma: no cover - exercised only where transformers is missing
+    _ProcessorBase = object  # type: ignore[assignment,misc]
+
+
+def token_vocabulary(widths: Sequence[int]) -> list[str]:
+    """The token strings of every position: ``<a_0> .. <a_{W_0-1}>, <b_0> ..``, the suffix's
+    last, in the form :meth:`SemanticId.tokens` writes (``widths``: codes per position)."""
+    return [f"{head}{c}>" for head, w in zip(token_heads(len(widths)), widths) for c in range(w)]
+
+
+class Exclusion:
+    """Items banned for one request: sorted, disjoint ranges of item rows of one table.
+
+    Made by :meth:`DecodingTable.exclusion`; combine two with ``a | b``. ``n_banned`` items are
+    banned; ``n_unknown`` of the given items were not in the table (they cannot be generated
+    anyway) and are ignored.
+    """
+
+    __slots__ = ("_table_id", "starts", "ends", "n_unknown")
+
+    def __init__(self, table_id: int, starts: np.ndarray, ends: np.ndarray, n_unknown: int = 0):
+        order = np.argsort(starts, kind="stable")
+        s, e = starts[order].astype(np.int64), ends[order].astype(np.int64)
+        if len(s):  # merge overlapping or touching ranges
+            run_end = np.maximum.accumulate(e)
+            first = np.flatnonzero(np.r_[True, s[1:] > run_end[:-1]])
+            s, e = s[first], np.maximum.reduceat(e, first)
+        self._table_id = table_id
+        self.starts, self.ends = s, e
+        self.n_unknown = int(n_unknown)
+
+    @property
+    def n_banned(self) -> int:
+        return int((self.ends - self.starts).sum())
+
+    def __or__(self, other: "Exclusion") -> "Exclusion":
+        if not isinstance(other, Exclusion) or other._table_id != self._table_id:
+            return NotImplemented
+        return Exclusion(self._table_id, np.r_[self.starts, other.starts],
+                         np.r_[self.ends, other.ends], self.n_unknown + other.n_unknown)
+
+    def __repr__(self) -> str:
+        return f"Exclusion(n_banned={self.n_banned}, ranges={len(self.starts)})"
+
+
+class DecodingTable:
+    """The valid next codes after every issued prefix, as tensors (see the module docstring).
+
+    Build with :meth:`from_index` or :meth:`from_ids`. Attributes: ``n_levels`` L, ``widths``
+    (W_0..W_L: the codebook sizes, then the number of suffixes in use), ``n_items``, ``version``
+    (the index version it was built from, or None), ``device``, ``keys`` (item keys in ID order,
+    or None).
+    """
+
+    def __init__(self, ids: np.ndarray, keys: Sequence[str] | None = None, *,
+                 sizes: Sequence[int] | None = None, version: int | None = None,
+                 device: str | torch.device = "cpu", _sorted: bool = False):
+        ids = _id_array(ids)
+        n, width = ids.shape
+        n_levels = width - 1
+        if keys is not None:
+            keys = list(keys)
+            if len(keys) != n:
+                raise ConfigError(f"{len(keys)} keys for {n} IDs")
+        if not _sorted:
+            order = np.lexsort(ids.T[::-1])
+            if not (order == np.arange(n)).all():
+                ids = ids[order]
+                keys = None if keys is None else [keys[i] for i in order.tolist()]
+        if sizes is None:
+            sizes = [int(ids[:, d].max()) + 1 for d in range(n_levels)]
+        sizes = [int(s) for s in sizes]
+        if len(sizes) != n_levels or any(s < 1 for s in sizes):
+            raise ConfigError(f"sizes must be {n_levels} positive codebook sizes, got {sizes}")
+        for d, k in enumerate(sizes):
+            top = int(ids[:, d].max())
+            if top >= k:
+                raise InvalidCodesError(f"level {d + 1} has code {top}, outside its codebook of "
+                                        f"{k} codes")
+        self.n_levels = n_levels
+        self.n_items = n
+        self.widths: tuple[int, ...] = (*sizes, int(ids[:, -1].max()) + 1)
+        self.version = version
+        self.keys: list[str] | None = keys
+        self._key_rows: dict[str, int] | None = None
+        self._build(ids)
+        self.device = torch.device("cpu")
+        self.to(device)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_ids(cls, ids, keys: Sequence[str] | None = None, *,
+                 sizes: Sequence[int] | None = None,
+                 device: str | torch.device = "cpu") -> "DecodingTable":
+        """A table of the given IDs.
+
+        ids : (N, L + 1) non-negative ints, the L codes then the suffix, one row per item (any
+            order; rows must be distinct). keys : N item keys for :meth:`resolve` (optional).
+        sizes : the L codebook sizes (default: the largest code + 1 per level).
+        """
+        return cls(ids, keys, sizes=sizes, device=device)
+
+    @classmethod
+    def from_index(cls, index: "SemanticIdIndex", version: int | None = None, *,
+                   device: str | torch.device = "cpu", keys: bool = True) -> "DecodingTable":
+        """A table of every item of ``index``'s version (default: the active one), read from one
+        snapshot. ``keys=False`` leaves the item keys out (less memory; no :meth:`resolve`)."""
+        if version is None:
+            version = index.active_version
+            if version is None:
+                index.id_arrays()  # raises the index's own NotFittedError
+        item_keys, ids = index.id_arrays(version=version)
+        if len(ids) == 0:
+            raise EmptyInputError(f"index {index.name!r} version {version} has no items to "
+                                  "decode")
+        return cls(ids, item_keys if keys else None, sizes=index.codebook_sizes,
+                   version=version, device=device, _sorted=True)
+
+    def refresh(self, index: "SemanticIdIndex") -> "DecodingTable":
+        """Rebuild in place from ``index``'s active version (items added or removed since, or a
+        refit activated since); keeps the device and whether keys are held. Returns self."""
+        fresh = DecodingTable.from_index(index, device=self.device, keys=self.keys is not None)
+        self.__dict__.update(fresh.__dict__)
+        return self
+
+    def check(self, index: "SemanticIdIndex") -> None:
+        """:class:`StaleTableError` unless the table was built from ``index``'s active
+        version."""
+        active = index.active_version
+        if self.version is None or active != self.version:
+            built = "from bare IDs" if self.version is None else f"from version {self.version}"
+            raise StaleTableError(f"this decoding table was built {built}, but index "
+                                  f"{index.name!r} has version {active} active: rebuild it "
+                                  "with DecodingTable.from_index or table.refresh(index)")
+
+    def _build(self, ids: np.ndarray) -> None:
+        n, width = ids.shape
+        diff = ids[1:] != ids[:-1]
+        newpref = np.logical_or.accumulate(diff, axis=1) if n > 1 else diff
+        if n > 1 and not newpref[:, -1].all():
+            i = int(np.flatnonzero(~newpref[:, -1])[0])
+            raise InvalidCodesError(f"ID {'-'.join(map(str, ids[i].tolist()))} appears more "
+                                    "than once")
+        keys: list[np.ndarray] = []
+        bits: list[np.ndarray | None] = []
+        kids: list[int] = []
+        counts = [1]
+        parent_of_row = np.zeros(n, dtype=np.int64)  # node of depth d holding each row
+        for d in range(width):
+            start = np.r_[True, newpref[:, d]]
+            rows = np.flatnonzero(start)
+            parent = parent_of_row[rows]
+            code = ids[rows, d]
+            w = self.widths[d]
+            m_parent = counts[-1]
+            key = parent * w + code
+            keys.append(key.astype(np.int32 if m_parent * w <= _I32 else np.int64))
+            kids.append(int(np.bincount(parent, minlength=m_parent).max()))
+            if m_parent * -(-w // 8) <= max(BITMASK_BYTES, 2 * n):
+                mask = np.zeros((m_parent, w), dtype=bool)
+                mask[parent, code] = True
+                bits.append(np.packbits(mask, axis=1, bitorder="little"))
+            else:
+                bits.append(None)
+            counts.append(len(rows))
+            parent_of_row = np.cumsum(start) - 1
+        self.node_counts: tuple[int, ...] = tuple(counts)  # M_0 = 1 .. M_{L+1} = N
+        self._kids = kids
+        self._np_key = keys
+        self._np_bits = bits
+
+    def to(self, device: str | torch.device) -> "DecodingTable":
+        """Move the tensors to ``device`` (in place); returns self."""
+        device = torch.device(device)
+        self._key = [torch.from_numpy(k).to(device) for k in self._np_key]
+        self._bits = [None if t is None else torch.from_numpy(t).to(device)
+                      for t in self._np_bits]
+        self._bit_shifts = torch.arange(8, dtype=torch.uint8, device=device)
+        self._widths_t = torch.tensor(self.widths, dtype=torch.int64, device=device)
+        self.device = device
+        return self
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def k_max(self) -> int:
+        """The widest position: the second dimension of :meth:`allowed`."""
+        return max(self.widths)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the table's arrays (item keys, if held, not counted)."""
+        return sum(k.nbytes for k in self._np_key) + \
+            sum(0 if t is None else t.nbytes for t in self._np_bits)
+
+    @property
+    def bytes_per_item(self) -> float:
+        return self.nbytes / self.n_items
+
+    def vocabulary(self, n_suffix: int | None = None) -> list[str]:
+        """The token strings a model needs for this table's IDs (see :func:`token_vocabulary`);
+        ``n_suffix`` reserves suffix tokens beyond those in use now."""
+        return token_vocabulary(self._layout_widths(n_suffix))
+
+    def _layout_widths(self, n_suffix: int | None) -> tuple[int, ...]:
+        if n_suffix is None:
+            return self.widths
+        if isinstance(n_suffix, bool) or not isinstance(n_suffix, int) or n_suffix < 1:
+            raise ConfigError(f"n_suffix must be a positive int, got {n_suffix!r}")
+        return (*self.widths[:-1], max(n_suffix, self.widths[-1]))
+
+    def __repr__(self) -> str:
+        return (f"DecodingTable(n_items={self.n_items}, widths={self.widths}, "
+                f"version={self.version}, device={self.device}, "
+                f"bytes_per_item={self.bytes_per_item:.1f})")
+
+    # ------------------------------------------------------------------ queries
+    def _prefix_tensor(self, prefixes, max_depth: int) -> torch.Tensor:
+        t = torch.as_tensor(prefixes, device=self.device)
+        if t.dim() == 1 and t.numel() == 0:
+            t = t.reshape(1, 0)
+        if t.dim() != 2 or t.shape[1] > max_depth or \
+                (t.numel() and (t.dtype.is_floating_point or t.dtype == torch.bool)):
+            raise InvalidCodesError(f"prefixes must be a (B, d) integer array with d <= "
+                                    f"{max_depth}, got shape {tuple(t.shape)} of {t.dtype}")
+        return t.long()
+
+    def _nodes(self, prefixes: torch.Tensor) -> torch.Tensor:
+        """(B,) node index of each (B, d) prefix at depth d; -1 where it is not issued."""
+        b, depth = prefixes.shape
+        node = torch.zeros(b, dtype=torch.int64, device=self.device)
+        for d in range(depth):
+            w = self.widths[d]
+            code = prefixes[:, d]
+            ok = (node >= 0) & (code >= 0) & (code < w)
+            safe_node, safe_code = node.clamp(min=0), code.clamp(0, w - 1)
+            key = self._key[d]
+            q = safe_node * w + safe_code
+            pos = torch.searchsorted(key, q.to(key.dtype)).clamp(max=len(key) - 1)
+            node = torch.where(ok & (key[pos] == q), pos, -1)
+        return node
+
+    def _first_rows(self, node: torch.Tensor, depth: int) -> torch.Tensor:
+        """First item row under each node of ``depth`` (node = M_depth gives N)."""
+        for d in range(depth, self.n_levels + 1):
+            key = self._key[d]
+            node = torch.searchsorted(key, (node * self.widths[d]).to(key.dtype)).long()
+        return node
+
+    def allowed(self, prefixes, exclusion: "Exclusion | Sequence[Exclusion | None] | None" = None,
+                *, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K_max) bool: column c is True where code c may follow the row's prefix.
+
+        prefixes : (B, d) codes, 0 <= d <= L (d = L asks for the suffixes). A prefix that was
+            never issued (or has codes out of range) gets an all-False row.
+        exclusion : one :class:`Exclusion` for every row, or one per request (None: no bans);
+            with a sequence, ``rows`` (B,) gives each row's request (default: row b is request
+            b). A next code is not allowed when every item under it is banned.
+        """
+        p = self._prefix_tensor(prefixes, self.n_levels)
+        ok = self._allowed(p, self._bans(exclusion, len(p), rows))
+        if ok.shape[1] < self.k_max:
+            ok = torch.nn.functional.pad(ok, (0, self.k_max - ok.shape[1]))
+        return ok
+
+    def _allowed(self, prefixes: torch.Tensor, bans: "_Bans | None") -> torch.Tensor:
+        """(B, W_d) bool for (B, d) prefixes (no padding to K_max)."""
+        d = prefixes.shape[1]
+        if bans is not None and not len(bans.per_depth[d + 1][0]):
+            bans = None  # no node of the next depth is wholly banned
+        node = self._nodes(prefixes)
+        w = self.widths[d]
+        key = self._key[d]
+        base = node.clamp(min=0) * w
+        bits = self._bits[d]
+        if bits is not None:  # one gather of packed bits
+            packed = bits[node.clamp(min=0)]
+            ok = ((packed[:, :, None] >> self._bit_shifts) & 1).bool().flatten(1)[:, :w]
+            ok &= (node >= 0)[:, None]
+            if bans is not None:  # child index = the node's first child + rank among its codes
+                first = torch.searchsorted(key, base.to(key.dtype)).long()
+                child = first[:, None] + torch.cumsum(ok, 1) - 1
+                ok &= ~bans.banned(torch.where(ok, child, -1), d + 1, None)
+            return ok
+        # the children of a node are the run of key[d] in [node * w, node * w + w)
+        bounds = torch.searchsorted(key, torch.stack([base, base + w]).to(key.dtype))
+        lens = torch.where(node >= 0, bounds[1] - bounds[0], 0)
+        b = len(node)
+        ok = torch.zeros((b, w + 1), dtype=torch.bool, device=self.device)
+        if self.device.type == "cpu":  # ragged: only the children that exist
+            row = torch.repeat_interleave(torch.arange(b, device=self.device), lens)
+            idx = torch.arange(len(row), device=self.device) - (torch.cumsum(lens, 0) - lens)[row] \
+                + bounds[0][row]
+            code = key[idx].long() - base[row]
+            if bans is not None:
+                code = torch.where(bans.banned(idx[None], d + 1, row)[0], w, code)
+            ok[row, code] = True
+        else:  # padded to the most children of any node: no host sync
+            idx = bounds[0][:, None] + torch.arange(self._kids[d], device=self.device)
+            valid = idx < (bounds[0] + lens)[:, None]
+            code = key[idx.clamp(max=len(key) - 1)].long() - base[:, None]
+            if bans is not None:
+                valid &= ~bans.banned(idx, d + 1, None)
+            ok.scatter_(1, torch.where(valid, code, w), True)
+        return ok[:, :w]
+
+    def _bans(self, exclusion, n_rows: int, rows: torch.Tensor | None) -> "_Bans | None":
+        if exclusion is None:
+            return None
+        if isinstance(exclusion, Exclusion):
+            exclusion = [exclusion]
+            rows = torch.zeros(n_rows, dtype=torch.int64, device=self.device)
+        elif rows is None:
+            rows = torch.arange(n_rows, device=self.device)
+        return _Bans.of(self, list(exclusion), rows)
+
+    def resolve(self, full_ids, index: "SemanticIdIndex | None" = None) -> list[str | None]:
+        """The item key of each (B, L + 1) full ID (codes then suffix; SemanticIds accepted);
+        None where the ID was never issued. With ``index``, first checks that the table is of
+        its active version (:meth:`check`)."""
+        if index is not None:
+            self.check(index)
+        if self.keys is None:
+            raise ConfigError("this decoding table holds no item keys: build it with keys=True")
+        rows = self.rows_of(full_ids)
+        return [None if r < 0 else self.keys[r] for r in rows.tolist()]
+
+    def rows_of(self, full_ids) -> torch.Tensor:
+        """(B,) the row (0..N-1, in ID order) of each full ID; -1 where not issued."""
+        if isinstance(full_ids, SemanticId) or (
+                isinstance(full_ids, (list, tuple)) and full_ids and
+                isinstance(full_ids[0], SemanticId)):
+            items = [full_ids] if isinstance(full_ids, SemanticId) else full_ids
+            full_ids = [[*s.levels, s.suffix] for s in items]
+        t = self._prefix_tensor(full_ids, self.n_levels + 1)
+        if t.shape[1] != self.n_levels + 1:
+            raise InvalidCodesError(f"full IDs have {self.n_levels} codes and a suffix, got "
+                                    f"rows of {t.shape[1]}")
+        return self._nodes(t)
+
+    def exclusion(self, items: Iterable[Any] = (), prefixes: Iterable[Sequence[int]] = ()
+                  ) -> Exclusion:
+        """Bans for one request, applied by :meth:`allowed` and the processors without touching
+        the table.
+
+        items : item keys (str, needs keys held), :class:`SemanticId` or (L + 1)-int ID rows;
+            items that are not in the table are counted in ``n_unknown`` and ignored.
+        prefixes : code tuples of depth 1..L: every item under them is banned.
+        """
+        starts: list[int] = []
+        ends: list[int] = []
+        unknown = 0
+        ids: list[list[int]] = []
+        for item in items:
+            if isinstance(item, str):
+                row = self._row_of_key(item)
+                if row < 0:
+                    unknown += 1
+                else:
+                    starts.append(row)
+                    ends.append(row + 1)
+            elif isinstance(item, SemanticId):
+                ids.append([*item.levels, item.suffix])
+            else:
+                ids.append([int(v) for v in item])
+        if ids:
+            rows = self.rows_of(ids).cpu().numpy()
+            unknown += int((rows < 0).sum())
+            starts += rows[rows >= 0].tolist()
+            ends += (rows[rows >= 0] + 1).tolist()
+        by_depth: dict[int, list[list[int]]] = {}
+        for p in prefixes:
+            p = [int(v) for v in p]
+            if not 1 <= len(p) <= self.n_levels:
+                raise InvalidCodesError(f"a banned prefix has 1..{self.n_levels} codes, got {p}")
+            by_depth.setdefault(len(p), []).append(p)
+        for depth, ps in by_depth.items():
+            node = self._nodes(torch.tensor(ps, dtype=torch.int64, device=self.device))
+            hit = node[node >= 0]
+            unknown += int((node < 0).sum())
+            starts += self._first_rows(hit, depth).tolist()
+            ends += self._first_rows(hit + 1, depth).tolist()
+        return Exclusion(id(self), np.asarray(starts, dtype=np.int64),
+                         np.asarray(ends, dtype=np.int64), unknown)
+
+    def _row_of_key(self, key: str) -> int:
+        if self.keys is None:
+            raise ConfigError("this decoding table holds no item keys: ban items by ID, or "
+                              "build it with keys=True")
+        if self._key_rows is None:
+            self._key_rows = {k: i for i, k in enumerate(self.keys)}
+        return self._key_rows.get(key, -1)
+
+
+class _Bans:
+    """Exclusions of several requests, as banned node ranges per depth.
+
+    A node is banned when every item under it is; its items are a contiguous run of rows and
+    the banned rows are merged ranges, so that happens exactly when one range covers the node's
+    run. For each range and depth that is one interval of nodes, found from the ancestors of
+    the range's first and last rows (a node's parent is ``key // W``). Request r's intervals at
+    depth t are shifted by r * (M_t + 1), so one searchsorted serves the whole batch.
+    """
+
+    def __init__(self, per_depth: dict, row_shift: torch.Tensor):
+        self.per_depth = per_depth  # depth t -> (starts, ends) tensors, shifted and sorted
+        self.row_request = row_shift  # (B,) request of each batch row
+
+    @classmethod
+    def of(cls, table: DecodingTable, exclusions: list, rows: torch.Tensor) -> "_Bans | None":
+        los, his, req = [], [], []
+        for request, ex in enumerate(exclusions):
+            if ex is None:
+                continue
+            if not isinstance(ex, Exclusion):
+                raise ConfigError(f"exclusions must be Exclusion objects or None, got "
+                                  f"{type(ex).__name__}")
+            if ex._table_id != id(table):
+                raise ConfigError("an Exclusion made by another decoding table: make it with "
+                                  "this table's exclusion()")
+            los.append(ex.starts)
+            his.append(ex.ends)
+            req.append(np.full(len(ex.starts), request, dtype=np.int64))
+        if not los or not sum(len(x) for x in los):
+            return None
+        a, b, r = np.concatenate(los), np.concatenate(his), np.concatenate(req)
+        n, depth_max = table.n_items, table.n_levels + 1
+        # ancestors at every depth of rows a - 1, a, b - 1, b (clipped; fixed up below)
+        probe = np.stack([np.maximum(a - 1, 0), a, b - 1, np.minimum(b, n - 1)])
+        per_depth = {}
+        node = probe
+        for t in range(depth_max, 0, -1):
+            if t < depth_max:  # parents of the depth t + 1 nodes
+                node = table._np_key[t][node].astype(np.int64) // table.widths[t]
+            before, first, last, after = node
+            starts = np.where((a == 0) | (before != first), first, first + 1)
+            ends = np.where((b == n) | (after != last), last + 1, last)
+            keep = starts < ends
+            span = table.node_counts[t] + 1
+            s_t, e_t = starts[keep] + r[keep] * span, ends[keep] + r[keep] * span
+            order = np.argsort(s_t, kind="stable")
+            dev = table.device
+            per_depth[t] = (torch.from_numpy(s_t[order]).to(dev),
+                            torch.from_numpy(e_t[order]).to(dev), span)
+        return cls(per_depth, rows.to(table.device).long())
+
+    def banned(self, nodes: torch.Tensor, depth: int, rows: torch.Tensor | None
+               ) -> torch.Tensor:
+        """True where the node of ``depth`` has every item banned for its batch row's request
+        (nodes < 0 give False). nodes : (B, W), row b's in row b; or (1, n) with ``rows`` (n,)
+        the batch row of each."""
+        starts, ends, span = self.per_depth[depth]
+        if not len(starts):
+            return torch.zeros_like(nodes, dtype=torch.bool)
+        shift = self.row_request * span
+        x = nodes + (shift[:, None] if rows is None else shift[rows][None])
+        i = torch.searchsorted(starts, x, right=True) - 1
+        return (i >= 0) & (x < ends[i.clamp(min=0)]) & (nodes >= 0)
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where each position's codes sit in a model's vocabulary.
+
+    offsets : L + 1 vocabulary ids of code 0 at each position (levels, then the suffix);
+    widths : L + 1 codes per position (the suffix's: how many suffix tokens the model has);
+    eos_id : the end token, forced once an ID is complete.
+    Code c at position p is token ``offsets[p] + c``.
+    """
+
+    offsets: tuple[int, ...]
+    widths: tuple[int, ...]
+    eos_id: int
+
+    def __post_init__(self):
+        offsets, widths = tuple(map(int, self.offsets)), tuple(map(int, self.widths))
+        if len(offsets) != len(widths) or len(offsets) < 2 or min(widths) < 1 or \
+                min(offsets) < 0 or int(self.eos_id) < 0:
+            raise ConfigError(f"a token layout needs one non-negative offset and one positive "
+                              f"width per position (at least 2) and an end token, got offsets "
+                              f"{offsets}, widths {widths}, eos_id {self.eos_id}")
+        spans = sorted((o, o + w) for o, w in zip(offsets, widths))
+        for (a0, a1), (b0, _) in zip(spans, spans[1:]):
+            if b0 < a1:
+                raise ConfigError(f"token ranges of two positions overlap: {spans}")
+        if any(o <= self.eos_id < o + w for o, w in zip(offsets, widths)):
+            raise ConfigError(f"eos_id {self.eos_id} lies inside a position's token range")
+        object.__setattr__(self, "offsets", offsets)
+        object.__setattr__(self, "widths", widths)
+        object.__setattr__(self, "eos_id", int(self.eos_id))
+
+    @classmethod
+    def contiguous(cls, table: DecodingTable, start: int, eos_id: int, *,
+                   n_suffix: int | None = None) -> "TokenLayout":
+        """Every position's codes one after the other from vocabulary id ``start``."""
+        widths = table._layout_widths(n_suffix)
+        offsets = np.r_[0, np.cumsum(widths)[:-1]] + int(start)
+        return cls(tuple(offsets.tolist()), widths, eos_id)
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, table: DecodingTable, *, n_suffix: int | None = None,
+                      eos_id: int | None = None) -> "TokenLayout":
+        """Add the table's tokens (``<a_0>`` ...: :meth:`DecodingTable.vocabulary`) to a Hugging
+        Face tokenizer with ``tokenizer.add_tokens`` (those it has already are kept), and the
+        layout that maps codes to them. Resize the model's embeddings to ``len(tokenizer)``
+        afterwards. ``eos_id`` defaults to the tokenizer's."""
+        widths = table._layout_widths(n_suffix)
+        tokenizer.add_tokens(token_vocabulary(widths))
+        eos = tokenizer.eos_token_id if eos_id is None else eos_id
+        if eos is None:
+            raise ConfigError("the tokenizer has no eos_token_id: pass eos_id")
+        offsets = []
+        for head, w in zip(token_heads(len(widths)), widths):
+            ids = tokenizer.convert_tokens_to_ids([f"{head}{c}>" for c in range(w)])
+            if list(ids) != list(range(ids[0], ids[0] + w)):
+                raise ConfigError(f"the tokenizer's {head}*> tokens are not consecutive ids "
+                                  "(some existed before with other ids): use a tokenizer "
+                                  "without them, or TokenLayout(offsets=...) with your own ids")
+            offsets.append(int(ids[0]))
+        return cls(tuple(offsets), widths, eos)
+
+    @property
+    def n_positions(self) -> int:
+        return len(self.offsets)
+
+    def to_tokens(self, ids) -> torch.Tensor:
+        """(B, t) codes of positions 0..t-1 -> vocabulary ids (SemanticIds accepted)."""
+        if isinstance(ids, SemanticId):
+            ids = [ids]
+        if isinstance(ids, (list, tuple)) and ids and isinstance(ids[0], SemanticId):
+            ids = [[*s.levels, s.suffix] for s in ids]
+        t = torch.as_tensor(ids if isinstance(ids, torch.Tensor) else np.asarray(ids)).long()
+        if t.dim() != 2 or t.shape[1] > self.n_positions:
+            raise InvalidCodesError(f"IDs must be (B, t) codes with t <= {self.n_positions}, "
+                                    f"got shape {tuple(t.shape)}")
+        widths = torch.tensor(self.widths[:t.shape[1]])
+        if ((t < 0) | (t >= widths)).any():
+            raise InvalidCodesError(f"codes out of the layout's range (widths {self.widths})")
+        return t + torch.tensor(self.offsets[:t.shape[1]], device=t.device)
+
+    def to_codes(self, tokens) -> torch.Tensor:
+        """(B, t) vocabulary ids of positions 0..t-1 -> codes; -1 where a token is not a code
+        of its position."""
+        t = torch.as_tensor(tokens).long()
+        if t.dim() == 1:
+            t = t[None]
+        t = t[:, :self.n_positions]
+        off = torch.tensor(self.offsets[:t.shape[1]], device=t.device)
+        wid = torch.tensor(self.widths[:t.shape[1]], device=t.device)
+        c = t - off
+        return torch.where((c >= 0) & (c < wid), c, -1)
+
+
+class _Stepper:
+    """What both processors share: the table, the layout, the request bans, the counters."""
+
+    def __init__(self, table: DecodingTable, layout: TokenLayout, prompt_length: int,
+                 num_beams: int, exclusions, index):
+        if not isinstance(table, DecodingTable):
+            raise ConfigError(f"table must be a DecodingTable, got {type(table).__name__}")
+        if layout.n_positions != table.n_levels + 1:
+            raise ConfigError(f"the layout has {layout.n_positions} positions, the table's IDs "
+                              f"{table.n_levels + 1}")
+        short = [p for p in range(table.n_levels) if layout.widths[p] < table.widths[p]]
+        if short:
+            raise ConfigError(f"the layout has fewer tokens than codes at level(s) "
+                              f"{[p + 1 for p in short]}: widths {layout.widths} for "
+                              f"{table.widths}")
+        for name, v, lo in (("prompt_length", prompt_length, 0), ("num_beams", num_beams, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"{name} must be an int >= {lo}, got {v!r}")
+        if index is not None:
+            table.check(index)
+        self.table, self.layout = table, layout
+        self.prompt_length, self.num_beams = prompt_length, num_beams
+        self.exclusions = exclusions
+        # suffixes the model has no token for cannot be generated: count them once
+        self.n_unreachable = _count_suffix_at_least(table, layout.widths[-1]) \
+            if layout.widths[-1] < table.widths[-1] else 0
+        self._forced = torch.zeros((), dtype=torch.int64, device=table.device)
+        self._bans_cache: tuple[int, Any] | None = None
+
+    @property
+    def n_forced_end(self) -> int:
+        """Beams whose allowed set was empty (all banned, or a malformed prefix): the end token
+        was forced on them, never an unconstrained step."""
+        return int(self._forced)
+
+    def _bans_for(self, n_rows: int) -> "_Bans | None":
+        ex = self.exclusions
+        if ex is None:
+            return None
+        if self._bans_cache is None or self._bans_cache[0] != n_rows:
+            if isinstance(ex, Exclusion):
+                rows = torch.zeros(n_rows, dtype=torch.int64)
+                bans = _Bans.of(self.table, [ex], rows)
+            else:
+                rows = torch.arange(n_rows) // self.num_beams
+                if len(ex) * self.num_beams < n_rows:
+                    raise ConfigError(f"{len(ex)} exclusions for {n_rows} rows of "
+                                      f"{self.num_beams} beams: give one per request")
+                bans = _Bans.of(self.table, list(ex), rows)
+            self._bans_cache = (n_rows, bans)
+        return self._bans_cache[1]
+
+    def step(self, generated: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+        """(B, W) allowed codes of the next position after the (B, t) generated tokens (None once
+        the ID is complete) and the position t."""
+        t = generated.shape[1]
+        if t > self.table.n_levels:
+            return None, t
+        codes = self.layout.to_codes(generated.to(self.table.device))
+        ok = self.table._allowed(codes, self._bans_for(len(codes)))
+        w = self.layout.widths[t]
+        if ok.shape[1] > w:
+            ok = ok[:, :w]
+        return ok, t
+
+
+def _count_suffix_at_least(table: DecodingTable, s: int) -> int:
+    key = table._key[table.n_levels]
+    return int(((key.long() % table.widths[-1]) >= s).sum())
+
+
+class SemanticIdLogitsProcessor(_ProcessorBase):
+    """A ``transformers`` logits processor that lets ``generate`` spell only issued IDs.
+
+    Put it in ``logits_processor=LogitsProcessorList([...])``. After ``prompt_length`` tokens
+    (the prompt's padded length), position t of the ID may only take the codes the table allows
+    after the t codes generated so far (minus the request's bans); once the L + 1 tokens are out,
+    only ``layout.eos_id``. A beam with nothing allowed (every item under it banned, or tokens
+    that are not codes) gets only the end token, with the model's own score for it, and is
+    counted in :attr:`n_forced_end`: never an unconstrained step. All beams are masked in one
+    batched pass.
+
+    exclusions : one :class:`Exclusion` for the whole batch, or one per request (input row);
+    num_beams : beams per request, to map beam rows to requests.
+    index : if given, the table is checked to be of its active version.
+    """
+
+    def __init__(self, table: DecodingTable, layout: TokenLayout, *, prompt_length: int,
+                 num_beams: int = 1,
+                 exclusions: "Exclusion | Sequence[Exclusion | None] | None" = None,
+                 index: "SemanticIdIndex | None" = None):
+        self._s = _Stepper(table, layout, prompt_length, num_beams, exclusions, index)
+
+    @property
+    def n_forced_end(self) -> int:
+        return self._s.n_forced_end
+
+    @property
+    def n_unreachable(self) -> int:
+        """Items whose suffix has no token in the layout (they cannot be generated)."""
+        return self._s.n_unreachable
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        s = self._s
+        layout = s.layout
+        if input_ids.shape[1] < s.prompt_length:
+            raise ConfigError(f"input of {input_ids.shape[1]} tokens is shorter than "
+                              f"prompt_length={s.prompt_length}")
+        ok, t = s.step(input_ids[:, s.prompt_length:])
+        out = torch.full_like(scores, float("-inf"))
+        eos = layout.eos_id
+        if ok is None:  # the ID is complete: end it
+            out[:, eos] = scores[:, eos]
+            return out
+        ok = ok.to(scores.device)
+        lo, w = layout.offsets[t], ok.shape[1]
+        out[:, lo:lo + w] = torch.where(ok, scores[:, lo:lo + w], out[:, lo:lo + w])
+        empty = ~ok.any(dim=1)
+        own = scores[:, eos]
+        own = torch.where(torch.isfinite(own), own, torch.finfo(scores.dtype).min)
+        out[:, eos] = torch.where(empty, own, out[:, eos])
+        s._forced += empty.sum().to(s._forced.device)
+        return out
+
+
+class PrefixAllowedTokens:
+    """A ``prefix_allowed_tokens_fn`` for ``generate``: ``fn(batch_id, input_ids) -> token ids``.
+
+    The same rules as :class:`SemanticIdLogitsProcessor` (which masks all beams at once and is
+    the faster choice); ``transformers`` calls this once per beam. Never returns an empty list: a
+    beam with nothing allowed gets ``[eos_id]``, counted in :attr:`n_forced_end`.
+    ``exclusions`` are per request (``batch_id``), or one for all.
+    """
+
+    def __init__(self, table: DecodingTable, layout: TokenLayout, *, prompt_length: int,
+                 exclusions: "Exclusion | Sequence[Exclusion | None] | None" = None,
+                 index: "SemanticIdIndex | None" = None):
+        self._s = _Stepper(table, layout, prompt_length, 1, None, index)
+        self._exclusions = exclusions
+
+    @property
+    def n_forced_end(self) -> int:
+        return self._s.n_forced_end
+
+    def __call__(self, batch_id: int, input_ids: torch.Tensor) -> list[int]:
+        s = self._s
+        ex = self._exclusions
+        if ex is not None and not isinstance(ex, Exclusion):
+            ex = ex[batch_id]
+        s.exclusions = ex
+        s._bans_cache = None
+        ok, t = s.step(input_ids[None, s.prompt_length:])
+        if ok is None:
+            return [s.layout.eos_id]
+        codes = torch.nonzero(ok[0]).flatten()
+        if codes.numel() == 0:
+            s._forced += 1
+            return [s.layout.eos_id]
+        return (codes + s.layout.offsets[t]).tolist()
+
+
+def _id_array(ids) -> np.ndarray:
+    if isinstance(ids, torch.Tensor):
+        ids = ids.detach().cpu().numpy()
+    a = np.asarray(ids)
+    if a.ndim != 2 or a.shape[1] < 2:
+        raise InvalidCodesError(f"IDs must be an (N, L + 1) array of codes and a suffix, got "
+                                f"shape {a.shape}")
+    if len(a) == 0:
+        raise EmptyInputError("no IDs to build a decoding table from")
+    if a.dtype.kind not in "iu":
+        if a.dtype.kind == "f" and np.isfinite(a).all() and (a == np.round(a)).all():
+            a = a.astype(np.int64)
+        else:
+            raise InvalidCodesError(f"IDs must be integers, got {a.dtype}")
+    if a.min() < 0:
+        raise InvalidCodesError(f"IDs must be non-negative, got {int(a.min())}")
+    return a.astype(np.int64, copy=False)
+
