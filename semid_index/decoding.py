@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["DecodingTable", "Exclusion", "PrefixAllowedTokens", "SemanticIdLogitsProcessor",
            "TokenLayout", "token_vocabulary"]
 
-BITMASK_BYTES = 1 << 20  # a step keeps a bit mask when it takes <= max(this, 2 N) bytes
+BITMASK_BYTES = 4 << 20  # bit masks of steps, shallow first, take <= max(this, 6 N) bytes
 _I32 = 2 ** 31 - 1
 
 try:  # transformers is optional: the processor is a plain callable without it
@@ -65,6 +65,108 @@ def token_vocabulary(widths: Sequence[int]) -> list[str]:
     """The token strings of every position: ``<a_0> .. <a_{W_0-1}>, <b_0> ..``, the suffix's
     last, in the form :meth:`SemanticId.tokens` writes (``widths``: codes per position)."""
     return [f"{head}{c}>" for head, w in zip(token_heads(len(widths)), widths) for c in range(w)]
+
+
+class _Ops:
+    """The few array operations the queries need, for numpy (CPU) or torch (other devices):
+    one algorithm, two array kinds."""
+
+    ragged = True  # build CSR masks from the children that exist (needs their count on host)
+
+    def asarray(self, a):
+        return np.asarray(a)
+
+    def numpy(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    def tensor(self, a) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    def int64(self, a):
+        return a.astype(np.int64, copy=False)
+
+    def zeros_int(self, n: int):
+        return np.zeros(n, dtype=np.int64)
+
+    def zeros_bool(self, shape):
+        return np.zeros(shape, dtype=bool)
+
+    def arange(self, n: int):
+        return np.arange(n)
+
+    def where(self, cond, a, b):
+        return np.where(cond, a, b)
+
+    def low(self, a, v: int):
+        """max(a, v) elementwise."""
+        return np.maximum(a, v)
+
+    def high(self, a, v: int):
+        """min(a, v) elementwise."""
+        return np.minimum(a, v)
+
+    def repeat(self, a, counts):
+        return np.repeat(a, counts)
+
+    def searchsorted(self, key, q, right: bool = False):
+        """Positions of q in the sorted key (q cast to key's dtype: it always fits)."""
+        return np.searchsorted(key, q.astype(key.dtype, copy=False),
+                               side="right" if right else "left").astype(np.int64, copy=False)
+
+    def unpack(self, packed, w: int):
+        """(B, ceil(w / 8)) uint8 little-endian bit rows -> (B, w) bool."""
+        return np.unpackbits(packed, axis=1, count=w, bitorder="little").view(bool)
+
+
+class _TorchOps(_Ops):
+    ragged = False
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._shifts = torch.arange(8, dtype=torch.uint8, device=device)
+
+    def asarray(self, a):
+        return torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a,
+                               device=self.device)
+
+    def numpy(self, a) -> np.ndarray:
+        return a.cpu().numpy()
+
+    def tensor(self, a) -> torch.Tensor:
+        return a
+
+    def int64(self, a):
+        return a.long()
+
+    def zeros_int(self, n: int):
+        return torch.zeros(n, dtype=torch.int64, device=self.device)
+
+    def zeros_bool(self, shape):
+        return torch.zeros(shape, dtype=torch.bool, device=self.device)
+
+    def arange(self, n: int):
+        return torch.arange(n, device=self.device)
+
+    def where(self, cond, a, b):
+        return torch.where(cond, a, b)
+
+    def low(self, a, v: int):
+        return a.clamp(min=v)
+
+    def high(self, a, v: int):
+        return a.clamp(max=v)
+
+    def repeat(self, a, counts):
+        return torch.repeat_interleave(a, counts)
+
+    def searchsorted(self, key, q, right: bool = False):
+        return torch.searchsorted(key, q.to(key.dtype), right=right).long()
+
+    def unpack(self, packed, w: int):
+        return ((packed[:, :, None] >> self._shifts) & 1).bool().flatten(1)[:, :w]
+
+
+_NUMPY = _Ops()
 
 
 class Exclusion:
@@ -205,6 +307,7 @@ class DecodingTable:
         kids: list[int] = []
         counts = [1]
         parent_of_row = np.zeros(n, dtype=np.int64)  # node of depth d holding each row
+        budget = max(BITMASK_BYTES, 6 * n)  # bit masks, shallow steps first
         for d in range(width):
             start = np.r_[True, newpref[:, d]]
             rows = np.flatnonzero(start)
@@ -215,7 +318,9 @@ class DecodingTable:
             key = parent * w + code
             keys.append(key.astype(np.int32 if m_parent * w <= _I32 else np.int64))
             kids.append(int(np.bincount(parent, minlength=m_parent).max()))
-            if m_parent * -(-w // 8) <= max(BITMASK_BYTES, 2 * n):
+            need = m_parent * -(-w // 8)
+            if need <= budget:
+                budget -= need
                 mask = np.zeros((m_parent, w), dtype=bool)
                 mask[parent, code] = True
                 bits.append(np.packbits(mask, axis=1, bitorder="little"))
@@ -228,15 +333,19 @@ class DecodingTable:
         self._np_key = keys
         self._np_bits = bits
 
-    def to(self, device: str | torch.device) -> "DecodingTable":
+    def to(self, device: str | torch.device, *, _torch_ops: bool = False) -> "DecodingTable":
         """Move the tensors to ``device`` (in place); returns self."""
         device = torch.device(device)
-        self._key = [torch.from_numpy(k).to(device) for k in self._np_key]
-        self._bits = [None if t is None else torch.from_numpy(t).to(device)
-                      for t in self._np_bits]
-        self._bit_shifts = torch.arange(8, dtype=torch.uint8, device=device)
-        self._widths_t = torch.tensor(self.widths, dtype=torch.int64, device=device)
         self.device = device
+        if device.type == "cpu" and not _torch_ops:  # numpy: far less per-call overhead
+            self._ops: _Ops = _NUMPY
+            self._key: list = self._np_key
+            self._bits: list = self._np_bits
+        else:
+            self._ops = _TorchOps(device)
+            self._key = [torch.from_numpy(k).to(device) for k in self._np_key]
+            self._bits = [None if t is None else torch.from_numpy(t).to(device)
+                          for t in self._np_bits]
         return self
 
     # ------------------------------------------------------------------ sizes
@@ -273,41 +382,47 @@ class DecodingTable:
                 f"bytes_per_item={self.bytes_per_item:.1f})")
 
     # ------------------------------------------------------------------ queries
-    def _prefix_tensor(self, prefixes, max_depth: int) -> torch.Tensor:
-        t = torch.as_tensor(prefixes, device=self.device)
-        if t.dim() == 1 and t.numel() == 0:
-            t = t.reshape(1, 0)
-        if t.dim() != 2 or t.shape[1] > max_depth or \
-                (t.numel() and (t.dtype.is_floating_point or t.dtype == torch.bool)):
+    def _prefix_array(self, prefixes, max_depth: int):
+        """(B, d) int64 codes as the table's array kind (numpy on CPU, torch elsewhere)."""
+        if isinstance(prefixes, torch.Tensor):
+            prefixes = prefixes.detach()
+            prefixes = prefixes.cpu().numpy() if self.device.type == "cpu" else \
+                prefixes.to(self.device)
+        a = self._ops.asarray(prefixes)
+        if a.ndim == 1 and a.shape[0] == 0:
+            a = a.reshape(1, 0)
+        kind = str(a.dtype)
+        if a.ndim != 2 or a.shape[1] > max_depth or \
+                (a.shape[0] * a.shape[1] and not ("int" in kind and "uint8" != kind[-5:])):
             raise InvalidCodesError(f"prefixes must be a (B, d) integer array with d <= "
-                                    f"{max_depth}, got shape {tuple(t.shape)} of {t.dtype}")
-        return t.long()
+                                    f"{max_depth}, got shape {tuple(a.shape)} of {kind}")
+        return self._ops.int64(a)
 
-    def _nodes(self, prefixes: torch.Tensor) -> torch.Tensor:
+    def _nodes(self, prefixes):
         """(B,) node index of each (B, d) prefix at depth d; -1 where it is not issued."""
+        ops = self._ops
         b, depth = prefixes.shape
-        node = torch.zeros(b, dtype=torch.int64, device=self.device)
+        node = ops.zeros_int(b)
         for d in range(depth):
             w = self.widths[d]
             code = prefixes[:, d]
             ok = (node >= 0) & (code >= 0) & (code < w)
-            safe_node, safe_code = node.clamp(min=0), code.clamp(0, w - 1)
             key = self._key[d]
-            q = safe_node * w + safe_code
-            pos = torch.searchsorted(key, q.to(key.dtype)).clamp(max=len(key) - 1)
-            node = torch.where(ok & (key[pos] == q), pos, -1)
+            q = ops.low(node, 0) * w + ops.high(ops.low(code, 0), w - 1)
+            pos = ops.high(ops.searchsorted(key, q), len(key) - 1)
+            node = ops.where(ok & (key[pos] == q), pos, -1)
         return node
 
-    def _first_rows(self, node: torch.Tensor, depth: int) -> torch.Tensor:
+    def _first_rows(self, node, depth: int):
         """First item row under each node of ``depth`` (node = M_depth gives N)."""
         for d in range(depth, self.n_levels + 1):
-            key = self._key[d]
-            node = torch.searchsorted(key, (node * self.widths[d]).to(key.dtype)).long()
+            node = self._ops.searchsorted(self._key[d], node * self.widths[d])
         return node
 
     def allowed(self, prefixes, exclusion: "Exclusion | Sequence[Exclusion | None] | None" = None,
-                *, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, K_max) bool: column c is True where code c may follow the row's prefix.
+                *, rows=None) -> torch.Tensor:
+        """(B, K_max) bool tensor on the table's device: column c is True where code c may
+        follow the row's prefix.
 
         prefixes : (B, d) codes, 0 <= d <= L (d = L asks for the suffixes). A prefix that was
             never issued (or has codes out of range) gets an all-False row.
@@ -315,61 +430,74 @@ class DecodingTable:
             with a sequence, ``rows`` (B,) gives each row's request (default: row b is request
             b). A next code is not allowed when every item under it is banned.
         """
-        p = self._prefix_tensor(prefixes, self.n_levels)
-        ok = self._allowed(p, self._bans(exclusion, len(p), rows))
+        p = self._prefix_array(prefixes, self.n_levels)
+        ok = self._ops.tensor(self._allowed(p, self._bans(exclusion, len(p), rows)))
         if ok.shape[1] < self.k_max:
             ok = torch.nn.functional.pad(ok, (0, self.k_max - ok.shape[1]))
         return ok
 
-    def _allowed(self, prefixes: torch.Tensor, bans: "_Bans | None") -> torch.Tensor:
-        """(B, W_d) bool for (B, d) prefixes (no padding to K_max)."""
+    def _allowed(self, prefixes, bans: "_Bans | None", pairs: bool = False):
+        """(B, W_d) bool for (B, d) prefixes (no padding to K_max), in the table's array kind;
+        with ``pairs``, a step whose children are listed rather than bit-masked may instead
+        return (rows, codes) of the allowed entries (few per row: cheaper to apply)."""
+        ops = self._ops
         d = prefixes.shape[1]
         if bans is not None and not len(bans.per_depth[d + 1][0]):
             bans = None  # no node of the next depth is wholly banned
         node = self._nodes(prefixes)
+        live = node >= 0
         w = self.widths[d]
         key = self._key[d]
-        base = node.clamp(min=0) * w
+        safe = ops.low(node, 0)
+        base = safe * w
         bits = self._bits[d]
         if bits is not None:  # one gather of packed bits
-            packed = bits[node.clamp(min=0)]
-            ok = ((packed[:, :, None] >> self._bit_shifts) & 1).bool().flatten(1)[:, :w]
-            ok &= (node >= 0)[:, None]
+            ok = ops.unpack(bits[safe], w)
+            ok &= live[:, None]
             if bans is not None:  # child index = the node's first child + rank among its codes
-                first = torch.searchsorted(key, base.to(key.dtype)).long()
-                child = first[:, None] + torch.cumsum(ok, 1) - 1
-                ok &= ~bans.banned(torch.where(ok, child, -1), d + 1, None)
+                child = ops.searchsorted(key, base)[:, None] + ok.cumsum(1) - 1
+                ok &= ~bans.banned(ops.where(ok, child, -1), d + 1, None)
             return ok
         # the children of a node are the run of key[d] in [node * w, node * w + w)
-        bounds = torch.searchsorted(key, torch.stack([base, base + w]).to(key.dtype))
-        lens = torch.where(node >= 0, bounds[1] - bounds[0], 0)
+        lo = ops.searchsorted(key, base)
+        lens = ops.where(live, ops.searchsorted(key, base + w) - lo, 0)
         b = len(node)
-        ok = torch.zeros((b, w + 1), dtype=torch.bool, device=self.device)
-        if self.device.type == "cpu":  # ragged: only the children that exist
-            row = torch.repeat_interleave(torch.arange(b, device=self.device), lens)
-            idx = torch.arange(len(row), device=self.device) - (torch.cumsum(lens, 0) - lens)[row] \
-                + bounds[0][row]
-            code = key[idx].long() - base[row]
+        if ops.ragged:  # only the children that exist (a host-side length)
+            row = ops.repeat(ops.arange(b), lens)
+            idx = ops.arange(len(row)) - (lens.cumsum(0) - lens)[row] + lo[row]
+            code = ops.int64(key[idx]) - base[row]
             if bans is not None:
-                code = torch.where(bans.banned(idx[None], d + 1, row)[0], w, code)
+                keep = ~bans.banned(idx[None], d + 1, row)[0]
+                row, code = row[keep], code[keep]
+            if pairs:
+                return row, code
+            ok = ops.zeros_bool((b, w))
             ok[row, code] = True
-        else:  # padded to the most children of any node: no host sync
-            idx = bounds[0][:, None] + torch.arange(self._kids[d], device=self.device)
-            valid = idx < (bounds[0] + lens)[:, None]
-            code = key[idx.clamp(max=len(key) - 1)].long() - base[:, None]
-            if bans is not None:
-                valid &= ~bans.banned(idx, d + 1, None)
-            ok.scatter_(1, torch.where(valid, code, w), True)
+            return ok
+        ok = ops.zeros_bool((b, w + 1))
+        # padded to the most children of any node: no host sync
+        idx = lo[:, None] + ops.arange(self._kids[d])
+        valid = idx < (lo + lens)[:, None]
+        code = ops.int64(key[ops.high(idx, len(key) - 1)]) - base[:, None]
+        if bans is not None:
+            valid &= ~bans.banned(idx, d + 1, None)
+        ok[ops.arange(b)[:, None], ops.where(valid, code, w)] = True
         return ok[:, :w]
 
-    def _bans(self, exclusion, n_rows: int, rows: torch.Tensor | None) -> "_Bans | None":
+    def _bans(self, exclusion, n_rows: int, rows) -> "_Bans | None":
         if exclusion is None:
             return None
         if isinstance(exclusion, Exclusion):
-            exclusion = [exclusion]
-            rows = torch.zeros(n_rows, dtype=torch.int64, device=self.device)
-        elif rows is None:
-            rows = torch.arange(n_rows, device=self.device)
+            return _Bans.of(self, [exclusion], np.zeros(n_rows, dtype=np.int64))
+        if rows is None:
+            rows = np.arange(n_rows)
+        elif isinstance(rows, torch.Tensor):
+            rows = rows.detach().cpu().numpy()
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.shape != (n_rows,) or (n_rows and not 0 <= rows.min() <= rows.max() <
+                                       len(exclusion)):
+            raise ConfigError(f"rows must give each of the {n_rows} prefixes a request in "
+                              f"0..{len(exclusion) - 1}")
         return _Bans.of(self, list(exclusion), rows)
 
     def resolve(self, full_ids, index: "SemanticIdIndex | None" = None) -> list[str | None]:
@@ -390,11 +518,11 @@ class DecodingTable:
                 isinstance(full_ids[0], SemanticId)):
             items = [full_ids] if isinstance(full_ids, SemanticId) else full_ids
             full_ids = [[*s.levels, s.suffix] for s in items]
-        t = self._prefix_tensor(full_ids, self.n_levels + 1)
+        t = self._prefix_array(full_ids, self.n_levels + 1)
         if t.shape[1] != self.n_levels + 1:
             raise InvalidCodesError(f"full IDs have {self.n_levels} codes and a suffix, got "
                                     f"rows of {t.shape[1]}")
-        return self._nodes(t)
+        return self._ops.tensor(self._nodes(t))
 
     def exclusion(self, items: Iterable[Any] = (), prefixes: Iterable[Sequence[int]] = ()
                   ) -> Exclusion:
@@ -433,11 +561,11 @@ class DecodingTable:
                 raise InvalidCodesError(f"a banned prefix has 1..{self.n_levels} codes, got {p}")
             by_depth.setdefault(len(p), []).append(p)
         for depth, ps in by_depth.items():
-            node = self._nodes(torch.tensor(ps, dtype=torch.int64, device=self.device))
-            hit = node[node >= 0]
+            node = self._ops.numpy(self._nodes(self._prefix_array(ps, self.n_levels)))
+            hit = self._ops.asarray(node[node >= 0])
             unknown += int((node < 0).sum())
-            starts += self._first_rows(hit, depth).tolist()
-            ends += self._first_rows(hit + 1, depth).tolist()
+            starts += self._ops.numpy(self._first_rows(hit, depth)).tolist()
+            ends += self._ops.numpy(self._first_rows(hit + 1, depth)).tolist()
         return Exclusion(id(self), np.asarray(starts, dtype=np.int64),
                          np.asarray(ends, dtype=np.int64), unknown)
 
@@ -460,12 +588,13 @@ class _Bans:
     depth t are shifted by r * (M_t + 1), so one searchsorted serves the whole batch.
     """
 
-    def __init__(self, per_depth: dict, row_shift: torch.Tensor):
-        self.per_depth = per_depth  # depth t -> (starts, ends) tensors, shifted and sorted
-        self.row_request = row_shift  # (B,) request of each batch row
+    def __init__(self, per_depth: dict, rows, ops: "_Ops"):
+        self.per_depth = per_depth  # depth t -> (starts, ends, span): shifted and sorted
+        self.row_request = rows  # (B,) request of each batch row
+        self.ops = ops
 
     @classmethod
-    def of(cls, table: DecodingTable, exclusions: list, rows: torch.Tensor) -> "_Bans | None":
+    def of(cls, table: DecodingTable, exclusions: list, rows: np.ndarray) -> "_Bans | None":
         los, his, req = [], [], []
         for request, ex in enumerate(exclusions):
             if ex is None:
@@ -497,10 +626,8 @@ class _Bans:
             span = table.node_counts[t] + 1
             s_t, e_t = starts[keep] + r[keep] * span, ends[keep] + r[keep] * span
             order = np.argsort(s_t, kind="stable")
-            dev = table.device
-            per_depth[t] = (torch.from_numpy(s_t[order]).to(dev),
-                            torch.from_numpy(e_t[order]).to(dev), span)
-        return cls(per_depth, rows.to(table.device).long())
+            per_depth[t] = (table._ops.asarray(s_t[order]), table._ops.asarray(e_t[order]), span)
+        return cls(per_depth, table._ops.asarray(rows), table._ops)
 
     def banned(self, nodes: torch.Tensor, depth: int, rows: torch.Tensor | None
                ) -> torch.Tensor:
@@ -508,12 +635,10 @@ class _Bans:
         (nodes < 0 give False). nodes : (B, W), row b's in row b; or (1, n) with ``rows`` (n,)
         the batch row of each."""
         starts, ends, span = self.per_depth[depth]
-        if not len(starts):
-            return torch.zeros_like(nodes, dtype=torch.bool)
         shift = self.row_request * span
         x = nodes + (shift[:, None] if rows is None else shift[rows][None])
-        i = torch.searchsorted(starts, x, right=True) - 1
-        return (i >= 0) & (x < ends[i.clamp(min=0)]) & (nodes >= 0)
+        i = self.ops.searchsorted(starts, x, right=True) - 1
+        return (i >= 0) & (x < ends[self.ops.low(i, 0)]) & (nodes >= 0)
 
 
 @dataclass(frozen=True)
@@ -636,6 +761,8 @@ class _Stepper:
         self.n_unreachable = _count_suffix_at_least(table, layout.widths[-1]) \
             if layout.widths[-1] < table.widths[-1] else 0
         self._forced = torch.zeros((), dtype=torch.int64, device=table.device)
+        self._offsets = table._ops.asarray(np.array(layout.offsets, dtype=np.int64))
+        self._widths = table._ops.asarray(np.array(layout.widths, dtype=np.int64))
         self._bans_cache: tuple[int, Any] | None = None
 
     @property
@@ -650,10 +777,9 @@ class _Stepper:
             return None
         if self._bans_cache is None or self._bans_cache[0] != n_rows:
             if isinstance(ex, Exclusion):
-                rows = torch.zeros(n_rows, dtype=torch.int64)
-                bans = _Bans.of(self.table, [ex], rows)
+                bans = _Bans.of(self.table, [ex], np.zeros(n_rows, dtype=np.int64))
             else:
-                rows = torch.arange(n_rows) // self.num_beams
+                rows = np.arange(n_rows) // self.num_beams
                 if len(ex) * self.num_beams < n_rows:
                     raise ConfigError(f"{len(ex)} exclusions for {n_rows} rows of "
                                       f"{self.num_beams} beams: give one per request")
@@ -661,23 +787,42 @@ class _Stepper:
             self._bans_cache = (n_rows, bans)
         return self._bans_cache[1]
 
-    def step(self, generated: torch.Tensor) -> tuple[torch.Tensor | None, int]:
-        """(B, W) allowed codes of the next position after the (B, t) generated tokens (None once
-        the ID is complete) and the position t."""
+    def step(self, generated: torch.Tensor) -> tuple[Any, int]:
+        """The allowed codes of the next position after the (B, t) generated tokens, and the
+        position t: None once the ID is complete; else a (B, W) bool array of the table's kind,
+        or on CPU (rows, codes) of the allowed entries."""
         t = generated.shape[1]
         if t > self.table.n_levels:
             return None, t
-        codes = self.layout.to_codes(generated.to(self.table.device))
-        ok = self.table._allowed(codes, self._bans_for(len(codes)))
+        table = self.table
+        ops = table._ops
+        tokens = ops.int64(ops.asarray(generated.cpu().numpy() if table.device.type == "cpu"
+                                       else generated.to(table.device)))
+        codes = tokens - self._offsets[:t]
+        codes = ops.where((codes >= 0) & (codes < self._widths[:t]), codes, -1)
+        ok = table._allowed(codes, self._bans_for(len(codes)), pairs=True)
         w = self.layout.widths[t]
+        if isinstance(ok, tuple):  # (rows, codes): numpy only
+            row, code = ok
+            keep = code < w
+            return (row[keep], code[keep]), t
         if ok.shape[1] > w:
             ok = ok[:, :w]
         return ok, t
 
+    def dense(self, ok, n_rows: int) -> torch.Tensor:
+        """step()'s result as a (B, W) bool tensor."""
+        if isinstance(ok, tuple):
+            row, code = ok
+            out = np.zeros((n_rows, int(code.max()) + 1 if len(code) else 0), dtype=bool)
+            out[row, code] = True
+            return torch.from_numpy(out)
+        return self.table._ops.tensor(ok)
+
 
 def _count_suffix_at_least(table: DecodingTable, s: int) -> int:
-    key = table._key[table.n_levels]
-    return int(((key.long() % table.widths[-1]) >= s).sum())
+    key = table._np_key[table.n_levels]
+    return int(((key.astype(np.int64) % table.widths[-1]) >= s).sum())
 
 
 class SemanticIdLogitsProcessor(_ProcessorBase):
@@ -718,12 +863,15 @@ class SemanticIdLogitsProcessor(_ProcessorBase):
             raise ConfigError(f"input of {input_ids.shape[1]} tokens is shorter than "
                               f"prompt_length={s.prompt_length}")
         ok, t = s.step(input_ids[:, s.prompt_length:])
-        out = torch.full_like(scores, float("-inf"))
         eos = layout.eos_id
+        if ok is not None and scores.device.type == "cpu" and \
+                scores.dtype in (torch.float32, torch.float64) and not scores.requires_grad:
+            return self._numpy_step(ok, t, scores)
+        out = torch.full_like(scores, float("-inf"))
         if ok is None:  # the ID is complete: end it
             out[:, eos] = scores[:, eos]
             return out
-        ok = ok.to(scores.device)
+        ok = s.dense(ok, len(scores)).to(scores.device)
         lo, w = layout.offsets[t], ok.shape[1]
         out[:, lo:lo + w] = torch.where(ok, scores[:, lo:lo + w], out[:, lo:lo + w])
         empty = ~ok.any(dim=1)
@@ -732,6 +880,26 @@ class SemanticIdLogitsProcessor(_ProcessorBase):
         out[:, eos] = torch.where(empty, own, out[:, eos])
         s._forced += empty.sum().to(s._forced.device)
         return out
+
+    def _numpy_step(self, ok, t: int, scores: torch.Tensor) -> torch.Tensor:
+        """The same masking in numpy (CPU scores; a fraction of torch's per-call overhead)."""
+        sc = scores.numpy()
+        out = np.full_like(sc, -np.inf)
+        lo = self._s.layout.offsets[t]
+        if isinstance(ok, tuple):  # few allowed entries per row: copy just those
+            row, code = ok
+            out[row, code + lo] = sc[row, code + lo]
+            empty = np.bincount(row, minlength=len(sc)) == 0
+        else:
+            w = ok.shape[1]
+            np.copyto(out[:, lo:lo + w], sc[:, lo:lo + w], where=ok)
+            empty = ~ok.any(axis=1)
+        if empty.any():
+            eos = self._s.layout.eos_id
+            own = sc[empty, eos]
+            out[empty, eos] = np.where(np.isfinite(own), own, np.finfo(sc.dtype).min)
+            self._s._forced += int(empty.sum())
+        return torch.from_numpy(out)
 
 
 class PrefixAllowedTokens:
@@ -763,7 +931,7 @@ class PrefixAllowedTokens:
         ok, t = s.step(input_ids[None, s.prompt_length:])
         if ok is None:
             return [s.layout.eos_id]
-        codes = torch.nonzero(ok[0]).flatten()
+        codes = torch.nonzero(s.dense(ok, 1)[0]).flatten()
         if codes.numel() == 0:
             s._forced += 1
             return [s.layout.eos_id]

@@ -60,3 +60,31 @@ def test_cuda_streaming_partial_fit(data):
     batch = ResidualKMeans(2, 32, seed=1).fit(data)
     assert m.quality(data).relative_error <= batch.quality(data).relative_error * 1.05
     assert np.isfinite(m.get_codebooks()[0]).all()
+
+
+def test_cuda_decoding_masks_equal_the_cpu_masks():
+    """The decoding table on the GPU (torch ops, padded, no host sync) against the CPU's."""
+    from semid_index.decoding import DecodingTable, SemanticIdLogitsProcessor, TokenLayout
+    from semid_index.storage._codes import group_suffixes
+
+    r = np.random.default_rng(0)
+    sizes = [37, 29, 256]
+    codes = np.stack([r.integers(0, k, 200_000) for k in sizes], 1)
+    ids = np.c_[codes, group_suffixes(codes)]
+    cpu = DecodingTable.from_ids(ids, sizes=sizes)
+    gpu = DecodingTable.from_ids(ids, sizes=sizes, device="cuda")
+    banned = ids[r.integers(0, len(ids), 500)]
+    ex_c = cpu.exclusion(items=banned, prefixes=[tuple(ids[0, :2])])
+    ex_g = gpu.exclusion(items=banned, prefixes=[tuple(ids[0, :2])])
+    for d in range(4):
+        p = np.r_[ids[r.integers(0, len(ids), 256), :d], r.integers(-1, 300, (32, d))]
+        a, b = cpu.allowed(p), gpu.allowed(p)
+        assert b.device.type == "cuda" and torch.equal(a, b.cpu())
+        assert torch.equal(cpu.allowed(p, ex_c).cpu(), gpu.allowed(p, ex_g).cpu())
+    layout = TokenLayout.contiguous(cpu, start=2, eos_id=1)
+    inp = torch.cat([torch.zeros(64, 3, dtype=torch.int64), layout.to_tokens(ids[:64, :2])], 1)
+    scores = torch.randn(64, 2 + sum(layout.widths))
+    a = SemanticIdLogitsProcessor(cpu, layout, prompt_length=3)(inp, scores)
+    b = SemanticIdLogitsProcessor(gpu, layout, prompt_length=3)(inp.cuda(), scores.cuda())
+    assert torch.equal(torch.isfinite(a), torch.isfinite(b).cpu())
+    assert cpu.rows_of(ids[:100]).tolist() == gpu.rows_of(ids[:100]).cpu().tolist()

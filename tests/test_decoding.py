@@ -76,6 +76,32 @@ def test_allowed_equals_brute_force_at_every_depth_with_and_without_bans(
     assert table.resolve(outside) == [None] * n
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_the_torch_path_gives_the_numpy_paths_masks(seed):
+    """Off the CPU the queries run as torch ops (padded, no host sync); run them on the CPU
+    here against the numpy path, so CI checks the GPU's algorithm without a GPU."""
+    r = np.random.default_rng(seed)
+    sizes = [int(v) for v in r.integers(2, 40, 3)]
+    ids = catalog(int(r.integers(50, 3000)), sizes, seed)
+    fast = DecodingTable.from_ids(ids, sizes=sizes)
+    torch_ops = DecodingTable.from_ids(ids, sizes=sizes).to("cpu", _torch_ops=True)
+    banned = ids[r.integers(0, len(ids), 20)]
+    bans = [fast.exclusion(items=banned, prefixes=[tuple(ids[0, :2])])]
+    bans_t = [torch_ops.exclusion(items=banned, prefixes=[tuple(ids[0, :2])])]
+    for d in range(4):
+        p = np.r_[ids[r.integers(0, len(ids), 64), :d], r.integers(-1, 41, (16, d))]
+        assert torch.equal(fast.allowed(p), torch_ops.allowed(p))
+        assert torch.equal(fast.allowed(p, bans * len(p)), torch_ops.allowed(p, bans_t * len(p)))
+    layout = TokenLayout.contiguous(fast, start=3, eos_id=1)
+    for t in range(5):
+        inp = torch.cat([torch.zeros(32, 2, dtype=torch.int64),
+                         layout.to_tokens(ids[r.integers(0, len(ids), 32), :t])], 1)
+        scores = torch.randn(32, 3 + sum(layout.widths))
+        a = SemanticIdLogitsProcessor(fast, layout, prompt_length=2)(inp, scores)
+        b = SemanticIdLogitsProcessor(torch_ops, layout, prompt_length=2)(inp, scores.double())
+        assert torch.equal(torch.isfinite(a), torch.isfinite(b))  # the torch masking path too
+
+
 def test_per_request_bans_apply_to_their_rows_only():
     ids = catalog(300, [5, 7, 3], 0)
     table = DecodingTable.from_ids(ids, sizes=[5, 7, 3])
@@ -113,7 +139,7 @@ def test_table_rejects_bad_ids_with_clear_errors():
 
 
 def test_memory_stays_small_per_item():
-    ids = catalog(200_000, [256, 256, 256], 3)
+    ids = catalog(1_000_000, [256, 256, 256], 3)  # uniform codes: the most distinct prefixes
     table = DecodingTable.from_ids(ids, sizes=[256, 256, 256])
     assert table.bytes_per_item <= 16
     assert table.node_counts[0] == 1 and table.node_counts[-1] == len(ids)
