@@ -36,6 +36,7 @@ version.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ __all__ = ["DecodingTable", "Exclusion", "PrefixAllowedTokens", "SemanticIdLogit
 
 BITMASK_BYTES = 4 << 20  # bit masks of steps, shallow first, take <= max(this, 6 N) bytes
 _I32 = 2 ** 31 - 1
+_SNAPSHOTS = itertools.count()
 
 try:  # transformers is optional: the processor is a plain callable without it
     from transformers import LogitsProcessor as _ProcessorBase
@@ -244,6 +246,7 @@ class DecodingTable:
         self.version = version
         self.keys: list[str] | None = keys
         self._key_rows: dict[str, int] | None = None
+        self._snapshot = next(_SNAPSHOTS)  # exclusions name the table state they were made for
         self._build(ids)
         self.device = torch.device("cpu")
         self.to(device)
@@ -566,7 +569,7 @@ class DecodingTable:
             unknown += int((node < 0).sum())
             starts += self._ops.numpy(self._first_rows(hit, depth)).tolist()
             ends += self._ops.numpy(self._first_rows(hit + 1, depth)).tolist()
-        return Exclusion(id(self), np.asarray(starts, dtype=np.int64),
+        return Exclusion(self._snapshot, np.asarray(starts, dtype=np.int64),
                          np.asarray(ends, dtype=np.int64), unknown)
 
     def _row_of_key(self, key: str) -> int:
@@ -602,9 +605,10 @@ class _Bans:
             if not isinstance(ex, Exclusion):
                 raise ConfigError(f"exclusions must be Exclusion objects or None, got "
                                   f"{type(ex).__name__}")
-            if ex._table_id != id(table):
-                raise ConfigError("an Exclusion made by another decoding table: make it with "
-                                  "this table's exclusion()")
+            if ex._table_id != table._snapshot:
+                raise ConfigError("an Exclusion made by another decoding table, or by this one "
+                                  "before table.refresh(): make it again with this table's "
+                                  "exclusion()")
             los.append(ex.starts)
             his.append(ex.ends)
             req.append(np.full(len(ex.starts), request, dtype=np.int64))
@@ -763,7 +767,7 @@ class _Stepper:
         self._forced = torch.zeros((), dtype=torch.int64, device=table.device)
         self._offsets = table._ops.asarray(np.array(layout.offsets, dtype=np.int64))
         self._widths = table._ops.asarray(np.array(layout.widths, dtype=np.int64))
-        self._bans_cache: tuple[int, Any] | None = None
+        self._bans_cache: tuple[tuple[int, int], Any] | None = None
 
     @property
     def n_forced_end(self) -> int:
@@ -775,7 +779,8 @@ class _Stepper:
         ex = self.exclusions
         if ex is None:
             return None
-        if self._bans_cache is None or self._bans_cache[0] != n_rows:
+        key = (n_rows, self.table._snapshot)
+        if self._bans_cache is None or self._bans_cache[0] != key:
             if isinstance(ex, Exclusion):
                 bans = _Bans.of(self.table, [ex], np.zeros(n_rows, dtype=np.int64))
             else:
@@ -784,7 +789,7 @@ class _Stepper:
                     raise ConfigError(f"{len(ex)} exclusions for {n_rows} rows of "
                                       f"{self.num_beams} beams: give one per request")
                 bans = _Bans.of(self.table, list(ex), rows)
-            self._bans_cache = (n_rows, bans)
+            self._bans_cache = (key, bans)
         return self._bans_cache[1]
 
     def step(self, generated: torch.Tensor) -> tuple[Any, int]:

@@ -339,8 +339,11 @@ def test_table_from_index_resolves_refreshes_and_detects_a_refit(fitted):
     assert table.resolve(ids, index=idx) == ks
     new_ids = idx.add(keys[1400:], x[1400:], progress=False)
     assert all(k is None for k in table.resolve(new_ids))  # not in the snapshot yet
+    stale = table.exclusion(items=keys[:5])
     table.refresh(idx)
     assert table.n_items == 1500 and table.resolve(new_ids) == keys[1400:]
+    with pytest.raises(ConfigError, match="before table.refresh"):  # its rows moved
+        table.allowed([[0]], stale)
     # a new item is generatable: ban everything else and it is the only path left
     only = table.exclusion(items=[k for k in keys if k != keys[1450]])
     p = torch.zeros((1, 0), dtype=torch.int64)
