@@ -56,6 +56,7 @@ __all__ = ["DecodingTable", "Exclusion", "PrefixAllowedTokens", "SemanticIdLogit
 BITMASK_BYTES = 4 << 20  # bit masks of steps, shallow first, take <= max(this, 6 N) bytes
 _I32 = 2 ** 31 - 1
 _SNAPSHOTS = itertools.count()
+_PENALTY = {np.dtype(t).char: np.array([-np.inf, 0.0], dtype=t) for t in (np.float32, np.float64)}
 
 try:  # transformers is optional: the processor is a plain callable without it
     from transformers import LogitsProcessor as _ProcessorBase
@@ -871,7 +872,8 @@ class SemanticIdLogitsProcessor(_ProcessorBase):
         eos = layout.eos_id
         if ok is not None and scores.device.type == "cpu" and \
                 scores.dtype in (torch.float32, torch.float64) and not scores.requires_grad:
-            return self._numpy_step(ok, t, scores)
+            return self._numpy_step(ok.cpu().numpy() if isinstance(ok, torch.Tensor) else ok,
+                                    t, scores)
         out = torch.full_like(scores, float("-inf"))
         if ok is None:  # the ID is complete: end it
             out[:, eos] = scores[:, eos]
@@ -897,7 +899,12 @@ class SemanticIdLogitsProcessor(_ProcessorBase):
             empty = np.bincount(row, minlength=len(sc)) == 0
         else:
             w = ok.shape[1]
-            np.copyto(out[:, lo:lo + w], sc[:, lo:lo + w], where=ok)
+            share = np.count_nonzero(ok) / max(ok.size, 1)
+            if 0.1 < share < 0.9:  # a masked copy mispredicts its branches: add 0 / -inf
+                np.add(sc[:, lo:lo + w], _PENALTY[sc.dtype.char][ok.view(np.uint8)],
+                       out=out[:, lo:lo + w])
+            else:
+                np.copyto(out[:, lo:lo + w], sc[:, lo:lo + w], where=ok)
             empty = ~ok.any(axis=1)
         if empty.any():
             eos = self._s.layout.eos_id
