@@ -193,10 +193,10 @@ def compare_versions(db, index_name, as_json, old_version, new_version):
 @click.option("--what", type=click.Choice(["ids", "next-codes", "grid", "decoding", "sid2items",
                                           "prefix-ngrams"]), default="ids", show_default=True,
               help="ids: one record per item; next-codes: the valid next codes after every "
-                   "prefix; grid: GRID's (L+1) x N array (.npy); decoding: the sorted (N, L+1) "
-                   "code array (.npy) for dense+CSR constrained-decoding builders; sid2items: "
-                   "packed SID -> items (.json, the OneRec serving layout); prefix-ngrams: "
-                   "prefix-n-gram token ids (.npz).")
+                   "prefix, for constrained decoding; grid: GRID's (L+1) x N array (.npy); "
+                   "decoding: the sorted (N, L+1) code array (.npy) for dense+CSR builders; "
+                   "sid2items: packed SID -> items (.json, the OneRec serving layout); "
+                   "prefix-ngrams: prefix-n-gram token ids (.npz).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "npz"]),
               help="Default: from OUT's extension.")
 @click.option("--no-tokens", is_flag=True, help="Leave the token strings out of an ids export.")

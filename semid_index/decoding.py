@@ -88,6 +88,9 @@ class _Ops:
     def int64(self, a):
         return a.astype(np.int64, copy=False)
 
+    def is_int(self, a) -> bool:
+        return a.dtype.kind in "iu"
+
     def zeros_int(self, n: int):
         return np.zeros(n, dtype=np.int64)
 
@@ -140,6 +143,9 @@ class _TorchOps(_Ops):
 
     def int64(self, a):
         return a.long()
+
+    def is_int(self, a) -> bool:
+        return not (a.dtype.is_floating_point or a.dtype.is_complex or a.dtype == torch.bool)
 
     def zeros_int(self, n: int):
         return torch.zeros(n, dtype=torch.int64, device=self.device)
@@ -392,14 +398,16 @@ class DecodingTable:
             prefixes = prefixes.detach()
             prefixes = prefixes.cpu().numpy() if self.device.type == "cpu" else \
                 prefixes.to(self.device)
-        a = self._ops.asarray(prefixes)
+        try:
+            a = self._ops.asarray(prefixes)
+        except (ValueError, TypeError) as e:
+            raise InvalidCodesError(f"prefixes must be a (B, d) integer array: {e}") from None
         if a.ndim == 1 and a.shape[0] == 0:
             a = a.reshape(1, 0)
-        kind = str(a.dtype)
         if a.ndim != 2 or a.shape[1] > max_depth or \
-                (a.shape[0] * a.shape[1] and not ("int" in kind and "uint8" != kind[-5:])):
+                (a.shape[0] * a.shape[1] and not self._ops.is_int(a)):
             raise InvalidCodesError(f"prefixes must be a (B, d) integer array with d <= "
-                                    f"{max_depth}, got shape {tuple(a.shape)} of {kind}")
+                                    f"{max_depth}, got shape {tuple(a.shape)} of {a.dtype}")
         return self._ops.int64(a)
 
     def _nodes(self, prefixes):

@@ -17,7 +17,7 @@ from semid_index.decoding import (DecodingTable, PrefixAllowedTokens, SemanticId
                                   TokenLayout, token_vocabulary)
 from semid_index.errors import (ConfigError, EmptyInputError, InvalidCodesError,
                                 StaleTableError)
-from semid_index.export import packed_sids, prefix_ngram_ids
+from semid_index.export import packed_sids, prefix_ngram_ids, write_sid2items
 
 from conftest import assert_one_line_error, gaussian_mixture, semid
 
@@ -129,6 +129,10 @@ def test_table_rejects_bad_ids_with_clear_errors():
     t = DecodingTable.from_ids([[1, 2, 0], [1, 3, 0]])
     with pytest.raises(InvalidCodesError, match="d <= 2"):
         t.allowed([[1, 2, 0]])
+    for bad in ([[1], [1, 2]], [[1.5]], [[True]], "12"):
+        with pytest.raises(InvalidCodesError, match="integer array"):
+            t.allowed(bad)
+    assert t.allowed(np.array([[1]], dtype=np.uint8))[0, :4].tolist() == [0, 0, 1, 1]
     with pytest.raises(InvalidCodesError, match="1..2 codes"):
         t.exclusion(prefixes=[(1, 2, 0)])
     with pytest.raises(ConfigError, match="no item keys"):
@@ -391,3 +395,20 @@ def test_exports_for_serving_engines(tmp_path):
     code, _, err = semid("export", str(tmp_path / "x.json"), "--what", "decoding", "-i", "dec",
                          db=db, check=False)
     assert_one_line_error(code, err, ".npy")
+
+
+def test_sid2items_streams_groups_across_pages_and_escapes_keys(tmp_path):
+    ids = np.array([[0, 1, 0], [2, 3, 0], [2, 3, 1], [2, 3, 2], [3, 0, 0]])
+    keys = ['a"quote', "b\\slash", "c\nline", "d é", "e"]
+    pages = [(keys[:3], ids[:3]), (keys[3:], ids[3:])]  # the (2, 3) group spans two pages
+    n = write_sid2items(tmp_path / "m.json", pages, [4, 5])
+    m = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
+    assert n == 3 and m == {"1": [{"pid": keys[0], "suffix": 0}],
+                            "13": [{"pid": keys[1], "suffix": 0}, {"pid": keys[2], "suffix": 1},
+                                   {"pid": keys[3], "suffix": 2}],
+                            "15": [{"pid": keys[4], "suffix": 0}]}
+    assert write_sid2items(tmp_path / "e.json", [], [4, 5]) == 0
+    assert json.loads((tmp_path / "e.json").read_text()) == {}
+    with pytest.raises(ConfigError, match="base"):
+        write_sid2items(tmp_path / "b.json", pages, [4, 5], base=3)
+    assert not (tmp_path / "b.json").exists()
