@@ -188,7 +188,8 @@ def test_tokenizer_gets_the_index_tokens_and_round_trips_ids():
     table = DecodingTable.from_ids(catalog(400, [7, 5, 3], 2), sizes=[7, 5, 3])
     tok = make_tokenizer()
     layout = TokenLayout.for_tokenizer(tok, table, n_suffix=12)
-    assert table.widths[-1] < 12 and len(tok) == 32 + 7 + 5 + 3 + 12 and layout.eos_id == tok.eos_token_id
+    assert table.widths[-1] < 12 and len(tok) == 32 + 7 + 5 + 3 + 12
+    assert layout.eos_id == tok.eos_token_id
     sid = catalog(400, [7, 5, 3], 2)[123]
     text = "".join(f"<{'abcd'[i]}_{v}>" for i, v in enumerate(sid))
     ids = tok(text, add_special_tokens=False)["input_ids"]
