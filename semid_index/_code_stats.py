@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import EmptyInputError, InvalidCodesError
 
-__all__ = ["LevelStats", "code_statistics"]
+__all__ = ["LevelStats", "SortedCodeStatistics", "code_statistics"]
 
 
 @dataclass
@@ -97,21 +97,15 @@ def code_statistics(codes: np.ndarray, codebook_sizes: Sequence[int]) -> dict:
     """
     codes = check_codes(codes, codebook_sizes)
     n, n_levels = codes.shape
-    levels = []
+    level_counts = []
     for lv, k in enumerate(codebook_sizes):
         if k <= 4 * n + 1024:
             counts = np.bincount(codes[:, lv], minlength=k)
             counts = counts[counts > 0].astype(np.float64)
         else:  # a huge codebook: count only the codes that occur
             counts = np.unique(codes[:, lv], return_counts=True)[1].astype(np.float64)
-        p = counts / n
-        ent = float(-(p * np.log2(p)).sum())
-        used = int(len(counts))
-        gini, size_min, size_max, size_cv = _balance(counts, int(k), n)
-        levels.append(LevelStats(lv + 1, int(k), used, int(k) - used, used / k, ent,
-                                 float(2.0 ** ent), float(counts.max() / n), gini=gini,
-                                 size_min=size_min, size_max=size_max, size_cv=size_cv))
-    unique_share = []
+        level_counts.append(counts)
+    n_distinct = []
     full_counts: np.ndarray | None = None
     fits = float(np.prod([float(k) for k in codebook_sizes])) < 2.0 ** 62
     key = np.zeros(n, dtype=np.int64)
@@ -121,10 +115,129 @@ def code_statistics(codes: np.ndarray, codebook_sizes: Sequence[int]) -> dict:
             _, inv_counts = np.unique(key, return_counts=True)
         else:
             _, inv_counts = np.unique(codes[:, :depth], axis=0, return_counts=True)
-        unique_share.append(len(inv_counts) / n)
+        n_distinct.append(len(inv_counts))
         full_counts = inv_counts
     assert full_counts is not None, "codes need at least one level"
     colliding = int(full_counts[full_counts > 1].sum())
-    return dict(levels=levels, unique_share=unique_share, n_distinct_codes=int(len(full_counts)),
-                n_collided=colliding, collided_share=colliding / n,
-                largest_group=int(full_counts.max()))
+    return _report(n, codebook_sizes, level_counts, n_distinct, colliding,
+                   int(full_counts.max()))
+
+
+def _report(n: int, codebook_sizes: Sequence[int], level_counts: list[np.ndarray],
+            n_distinct: list[int], colliding: int, largest_group: int) -> dict:
+    """The statistics dict from per-level sizes of the used codes (float64) and the counts."""
+    levels = []
+    for lv, (k, counts) in enumerate(zip(codebook_sizes, level_counts)):
+        p = counts / n
+        ent = float(-(p * np.log2(p)).sum())
+        used = int(len(counts))
+        gini, size_min, size_max, size_cv = _balance(counts, int(k), n)
+        levels.append(LevelStats(lv + 1, int(k), used, int(k) - used, used / k, ent,
+                                 float(2.0 ** ent), float(counts.max() / n), gini=gini,
+                                 size_min=size_min, size_max=size_max, size_cv=size_cv))
+    return dict(levels=levels, unique_share=[d / n for d in n_distinct],
+                n_distinct_codes=int(n_distinct[-1]), n_collided=colliding,
+                collided_share=colliding / n, largest_group=largest_group)
+
+
+class SortedCodeStatistics:
+    """:func:`code_statistics` of codes that arrive in pages sorted by code (as an index's
+    ``id_pages`` yields them), in memory that does not grow with N: per-level code counts
+    (K per level; a codebook of more than 2^22 codes keeps only the codes that occur), the last
+    row of the previous page, and the current group's size.
+
+    >>> acc = SortedCodeStatistics([4])
+    >>> for page in (np.array([[0], [1]]), np.array([[1], [2], [2], [2]])):
+    ...     acc.add(page)
+    >>> r = acc.result()
+    >>> r["n_collided"], r["largest_group"], r["n_distinct_codes"]
+    (5, 3, 3)
+    """
+
+    DENSE_CODES = 1 << 22
+
+    def __init__(self, codebook_sizes: Sequence[int]):
+        self.sizes = [int(k) for k in codebook_sizes]
+        self.n = 0
+        self._dense = [np.zeros(k, dtype=np.int64) if k <= self.DENSE_CODES else None
+                       for k in self.sizes]
+        self._sparse: list[dict[int, int]] = [{} for _ in self.sizes]
+        self._distinct = np.zeros(len(self.sizes), dtype=np.int64)
+        self._last: np.ndarray | None = None
+        self._run = 0           # size so far of the group of the last full code seen
+        self._colliding = 0     # items in finished groups of two or more
+        self._largest = 0
+
+    def add(self, codes: np.ndarray) -> None:
+        """One page (B, L) of codes, continuing the sorted order of the previous pages."""
+        if len(codes) == 0:
+            return
+        codes = check_codes(codes, self.sizes)
+        for lv, k in enumerate(self.sizes):
+            dense = self._dense[lv]
+            if dense is not None:
+                dense += np.bincount(codes[:, lv], minlength=k)
+            else:
+                vals, cnt = np.unique(codes[:, lv], return_counts=True)
+                sparse = self._sparse[lv]
+                for v, c in zip(vals.tolist(), cnt.tolist()):
+                    sparse[v] = sparse.get(v, 0) + c
+        rows = codes if self._last is None else np.concatenate([self._last[None], codes])
+        diff = rows[1:] != rows[:-1]
+        if len(diff):
+            first = diff.argmax(axis=1)
+            changed = diff.any(axis=1)
+            if (rows[1:][changed, first[changed]] < rows[:-1][changed, first[changed]]).any():
+                raise InvalidCodesError("codes are not sorted: SortedCodeStatistics needs pages "
+                                        "in code order")
+        # a new d-prefix starts where any of its first d codes changes (the first row ever too)
+        new = np.logical_or.accumulate(diff, axis=1) if len(diff) else diff
+        if self._last is None:
+            new = np.concatenate([np.ones((1, len(self.sizes)), dtype=bool), new])
+        self._distinct += new.sum(axis=0)
+        # groups of equal full codes: runs between the rows where the full code changes
+        starts = np.flatnonzero(new[:, -1])
+        if len(starts) == 0:
+            self._run += len(codes)
+        else:
+            self._close(self._run + int(starts[0]))  # the group the page began inside, if any
+            lengths = np.diff(starts)
+            if len(lengths):
+                self._colliding += int(lengths[lengths > 1].sum())
+                self._largest = max(self._largest, int(lengths.max()))
+            self._run = len(codes) - int(starts[-1])
+        self.n += len(codes)
+        self._last = codes[-1].copy()
+
+    def _close(self, run: int) -> None:
+        if run > 1:
+            self._colliding += run
+        self._largest = max(self._largest, run)
+
+    def level_counts(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per level, (codes that occur, their item counts), both int64 and sorted by code."""
+        out = []
+        for lv in range(len(self.sizes)):
+            dense = self._dense[lv]
+            if dense is not None:
+                vals = np.flatnonzero(dense)
+                out.append((vals, dense[vals]))
+            else:
+                items = sorted(self._sparse[lv].items())
+                out.append((np.array([v for v, _ in items], dtype=np.int64),
+                            np.array([c for _, c in items], dtype=np.int64)))
+        return out
+
+    def result(self) -> dict:
+        """The :func:`code_statistics` dict of every code added."""
+        if self.n == 0:
+            raise EmptyInputError("no codes: statistics need at least one item")
+        colliding = self._colliding + (self._run if self._run > 1 else 0)
+        level_counts = []
+        for lv in range(len(self.sizes)):
+            dense = self._dense[lv]
+            counts = dense[dense > 0] if dense is not None else \
+                np.array([c for _, c in sorted(self._sparse[lv].items())], dtype=np.int64)
+            level_counts.append(counts.astype(np.float64))
+        return _report(self.n, self.sizes, level_counts, self._distinct.tolist(), colliding,
+                       max(self._largest, self._run))

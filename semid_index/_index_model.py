@@ -63,7 +63,7 @@ class IndexModel(IndexReads):
         entropy, perplexity, unique share per depth, ``n_collided``, ``collided_share``, largest
         group) plus ``relative_error``, the reconstruction error of ``embeddings`` (N, D) under
         that version's codebooks (None without embeddings; only then is torch imported).
-        Reads every ID: 8 (L + 1) bytes each.
+        Streams the IDs page by page: memory does not grow with the catalog.
 
         ``fit``: what the fit that wrote the version recorded (``relative_error``,
         ``n_relocated`` and ``relocation_error`` (extra squared error) under ``max_per_code``,
@@ -74,14 +74,16 @@ class IndexModel(IndexReads):
         each sampled item's ``n_neighbours`` exact cosine neighbours (among these items) that
         share its first k codes, and ``code_size_shift[l]`` the total variation distance between
         their level-l code distribution and the whole version's."""
-        from ._code_stats import code_statistics
+        from ._code_stats import SortedCodeStatistics
 
-        _, ids = self.id_arrays(version=version)
+        acc = SortedCodeStatistics(self._record.codebook_sizes)
+        for _, page in self.id_pages(version=version):  # sorted by ID, so by code
+            acc.add(page[:, :-1])
         at = self._record.active_version if version is None else version
-        assert at is not None  # id_arrays() raised NotFittedError for an index with no version
-        if len(ids) == 0:
+        assert at is not None  # id_pages() raised NotFittedError for an index with no version
+        if acc.n == 0:
             raise EmptyInputError(f"version {at} of index {self.name!r} has no items")
-        report = code_statistics(ids[:, :-1], self._record.codebook_sizes)
+        report = acc.result()
         report["relative_error"] = None
         with self._store.read(self._op("read the version header"), snapshot=True) as conn:
             header = self._store.catalog.header(conn, self._reread(conn), at)
@@ -97,7 +99,7 @@ class IndexModel(IndexReads):
                 x = _inputs.embeddings(embeddings, None, model.n_features_in_)
                 report["relative_error"] = model.quality(validated(x)).relative_error
             else:
-                from ._quality import code_size_shift, neighbour_preservation
+                from ._quality import code_size_shift_from, neighbour_preservation
 
                 keys = _inputs.item_keys(keys)
                 x = _inputs.embeddings(embeddings, len(keys), model.n_features_in_, keys=keys)
@@ -107,8 +109,8 @@ class IndexModel(IndexReads):
                 report["relative_error"] = reconstruction(model, x, codes)["relative_error"]
                 report["neighbour_preservation"] = neighbour_preservation(
                     x, codes, n_neighbours=n_neighbours, sample=sample) if len(keys) > 1 else None
-                report["code_size_shift"] = code_size_shift(
-                    ids[:, :-1], codes, self._record.codebook_sizes)
+                report["code_size_shift"] = code_size_shift_from(
+                    acc.level_counts(), codes, self._record.codebook_sizes)
         return report
 
     def _check_model(self, model, dim: int) -> None:

@@ -185,3 +185,25 @@ def code_size_shift(before, after, codebook_sizes: Sequence[int]) -> list[float]
             q = np.bincount(inv[n1:], minlength=m) / n2
         out.append(min(float(0.5 * np.abs(p - q).sum()), 1.0))
     return out
+
+
+def code_size_shift_from(before: list[tuple[np.ndarray, np.ndarray]], after,
+                         codebook_sizes: Sequence[int]) -> list[float]:
+    """:func:`code_size_shift` with the ``before`` side given as per-level (codes, counts) of the
+    codes that occur (as :meth:`SortedCodeStatistics.level_counts` returns them), so the whole
+    version never has to be in memory."""
+    after = check_codes(after, codebook_sizes, "after codes")
+    n2 = after.shape[0]
+    out = []
+    for (vals, cnt), lv in zip(before, range(len(codebook_sizes))):
+        n1 = int(cnt.sum())
+        if n1 == 0:
+            raise EmptyInputError("no before codes")
+        a_vals, a_cnt = np.unique(after[:, lv].astype(np.int64), return_counts=True)
+        allv = np.union1d(vals, a_vals)
+        p = np.zeros(len(allv))
+        q = np.zeros(len(allv))
+        p[np.searchsorted(allv, vals)] = cnt / n1
+        q[np.searchsorted(allv, a_vals)] = a_cnt / n2
+        out.append(min(float(0.5 * np.abs(p - q).sum()), 1.0))
+    return out

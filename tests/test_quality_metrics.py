@@ -10,8 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from semid_index._code_stats import code_statistics
-from semid_index._quality import churn, code_size_shift, neighbour_preservation
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from semid_index._code_stats import SortedCodeStatistics, code_statistics
+from semid_index._quality import churn, code_size_shift, code_size_shift_from, neighbour_preservation
 from semid_index.errors import (ConfigError, DimensionMismatchError, EmptyInputError,
                                 InvalidCodesError, NonFiniteError)
 
@@ -250,3 +253,36 @@ def test_modules_do_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+@settings(max_examples=150, deadline=None)
+@given(sizes=st.lists(st.integers(1, 6), min_size=1, max_size=3), n=st.integers(1, 90),
+       seed=st.integers(0, 10_000), n_cuts=st.integers(0, 6), huge=st.booleans())
+def test_streamed_statistics_equal_the_whole_array_ones(sizes, n, seed, n_cuts, huge):
+    """code_report streams an index's IDs in pages: the same numbers as on the whole array, for
+    any page boundaries (groups and prefixes cut in the middle), with dense and sparse counts."""
+    r = np.random.default_rng(seed)
+    codes = np.stack([r.integers(0, k, n) for k in sizes], 1)
+    codes = codes[np.lexsort(codes.T[::-1])]
+    if huge:  # the sparse path of codebooks too large for dense counts
+        SortedCodeStatistics.DENSE_CODES, old = 2, SortedCodeStatistics.DENSE_CODES
+    try:
+        acc = SortedCodeStatistics(sizes)
+        for page in np.split(codes, np.sort(r.integers(0, n + 1, n_cuts))):
+            acc.add(page)
+        assert acc.result() == code_statistics(codes, sizes)
+        other = np.stack([r.integers(0, k, 7) for k in sizes], 1)
+        assert code_size_shift_from(acc.level_counts(), other, sizes) == \
+            pytest.approx(code_size_shift(codes, other, sizes), abs=1e-12)
+    finally:
+        if huge:
+            SortedCodeStatistics.DENSE_CODES = old
+
+
+def test_streamed_statistics_refuse_unsorted_pages_and_no_codes():
+    acc = SortedCodeStatistics([4, 4])
+    acc.add(np.array([[1, 2], [1, 3]]))
+    with pytest.raises(InvalidCodesError, match="not sorted"):
+        acc.add(np.array([[1, 1]]))
+    with pytest.raises(EmptyInputError):
+        SortedCodeStatistics([4]).result()
