@@ -83,7 +83,8 @@ def ours_load(url: str, name: str, model, keys, codes) -> tuple[float, SemanticI
     idx = SemanticIdIndex.create(url, name, n_levels=codes.shape[1],
                                  codebook_size=list(model.codebook_sizes_))
     t = time.perf_counter()
-    idx._store_version(model, keys, codes, np.zeros(len(keys), dtype=np.int64), progress=False)
+    idx._store_version(model, keys, codes, np.zeros(len(keys), dtype=np.int64), progress=False,
+                       fit_stats={})
     return time.perf_counter() - t, idx
 
 

@@ -20,6 +20,7 @@ import click
 
 from . import _cli_io as io
 from ._cli_common import _CTX, _common, _emit, _fail, _inputs, _n, _open, _progress, main
+from .errors import SemanticIdError
 
 __all__ = ["main"]
 
@@ -138,18 +139,42 @@ def fit(db, index_name, as_json, embeddings, keys_file, key_column, column, row_
 @_inputs
 @click.option("--on-conflict", type=click.Choice(["error", "keep", "reassign"]), default="error",
               show_default=True, help="A key already indexed with another embedding.")
+@click.option("--shard", metavar="I/N",
+              help="Add only part I (0-based) of N equal contiguous parts of the file: N "
+                   "workers, each with its own I, fill one index together (PostgreSQL).")
+@click.option("--batch", type=click.IntRange(min=1), metavar="ROWS",
+              help="Commit every ROWS items, so other writers get the index's lock between "
+                   "batches (default: one transaction for all). After a failure the committed "
+                   "batches stay; the same command again adds the rest.")
 def add(db, index_name, as_json, embeddings, keys_file, key_column, column, row_numbers,
-        on_conflict):
+        on_conflict, shard, batch):
     """Give new items IDs with the frozen codebooks (no retraining; issued IDs never change).
 
     \b
     semid add new_items.npy --keys new_items.txt
     semid add today.parquet --key-column sku --on-conflict reassign
+    semid add catalog.npy --keys catalog.txt --shard 2/4 --batch 100000   # worker 2 of 4
     """
     keys, x = io.read_embeddings(embeddings, keys_file=keys_file, key_column=key_column,
                                  column=column, row_numbers=row_numbers)
+    if shard is not None:
+        if len(keys) != x.shape[0]:
+            _fail(f"{len(keys):,} keys for {x.shape[0]:,} embedding rows")
+        i, n = _shard(shard)
+        lo, hi = x.shape[0] * i // n, x.shape[0] * (i + 1) // n
+        keys, x = keys[lo:hi], x[lo:hi]
+    step = batch or max(len(keys), 1)
+    ids: list = []
     with _open(db, index_name) as idx:
-        ids = idx.add(keys, x, on_conflict=on_conflict, progress=_progress())
+        for a in range(0, max(len(keys), 1), step):
+            try:
+                ids += idx.add(keys[a:a + step], x[a:a + step], on_conflict=on_conflict,
+                               progress=_progress())
+            except SemanticIdError as e:
+                if a:  # earlier batches are committed: say so, and how to resume
+                    _fail(f"{e} (after {a:,} items of this run were committed; running the "
+                          "same command again keeps them and adds the rest)")
+                raise
         version = idx.active_version
     if as_json:
         io.emit_json({"version": version, "added": len(ids),
@@ -158,6 +183,15 @@ def add(db, index_name, as_json, embeddings, keys_file, key_column, column, row_
     click.echo(f"{_n(len(ids), 'item')} assigned IDs in version {version}")
     if len(ids) <= 20:
         click.echo(io.table(["key", "id"], [[k, str(i)] for k, i in zip(keys, ids)]))
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 0 <= I < N."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    i, n = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    if not 0 <= i < n:
+        _fail(f"--shard takes I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+    return i, n
 
 
 @main.command(context_settings=_CTX)

@@ -76,7 +76,7 @@ class ItemWrites:
         packed = space.layout.pack(codes)
         if self.dialect == "sqlite":
             return self._sqlite_insert(conn, space, keys, packed, fingerprints, progress)
-        nxt = self._next_suffixes(conn, space, list(set(packed)))
+        nxt = self._next_suffixes(conn, space, sorted(set(packed)))  # in index order
         suffixes = np.empty(len(keys), dtype=np.int64)
         for i, code in enumerate(packed):
             suffixes[i] = nxt[code]

@@ -70,7 +70,7 @@ def key_probe_sql(dialect: str) -> str:
     if dialect == "sqlite":
         return ("SELECT item_key, code, suffix, fingerprint FROM semid_items WHERE "
                 "index_id = ? AND version = ? AND item_key IN ({keys})")
-    return ("SELECT q.k, s.code, s.suffix, s.fingerprint FROM unnest(%(keys)s::text[]) AS q(k) "
+    return ("SELECT q.k, s.code, s.suffix, s.fingerprint FROM unnest(%(keys)b::text[]) AS q(k) "
             "JOIN LATERAL (SELECT code, suffix, fingerprint FROM semid_items WHERE "
             "index_id = %(ix)s AND version = %(v)s AND item_key = q.k) AS s ON true")
 
@@ -78,7 +78,7 @@ def key_probe_sql(dialect: str) -> str:
 # PostgreSQL: the largest suffix of each of many codes in a table (items or retired IDs), one
 # index seek per code. (SQLite allocates suffixes inside its INSERT: SQLITE_INSERT.)
 PG_MAX_SUFFIX = (
-    "SELECT q.c, s.m FROM unnest(%(codes)s::bytea[]) AS q(c) JOIN LATERAL (SELECT max(suffix) "
+    "SELECT q.c, s.m FROM unnest(%(codes)b::bytea[]) AS q(c) JOIN LATERAL (SELECT max(suffix) "
     "AS m FROM {table} WHERE index_id = %(ix)s AND version = %(v)s AND code = q.c) AS s "
     "ON s.m IS NOT NULL")
 
