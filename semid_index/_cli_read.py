@@ -241,7 +241,7 @@ def _export(db, index_name, out, what, fmt, no_tokens, version, base) -> tuple[i
             n, extra = ex.write_ids(out, fmt, idx.id_pages(version=version),
                                     tokens=not no_tokens), " items"
         elif what == "next-codes":
-            n, extra = ex.write_next_codes(out, fmt, idx.id_arrays(version=version)[1]), \
+            n, extra = ex.write_next_codes(out, fmt, idx.id_pages(version=version)), \
                 " prefixes"
         elif what == "sid2items":
             n, extra = ex.write_sid2items(out, idx.id_pages(version=version),

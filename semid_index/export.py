@@ -20,6 +20,8 @@ import csv
 import json
 import os
 import secrets
+import tempfile
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -185,47 +187,172 @@ def _write_ids(path: str, fmt: str, pages: Iterable[tuple[Sequence[str], np.ndar
     return n
 
 
-def write_next_codes(path, fmt: str, ids: np.ndarray) -> int:
+def write_next_codes(path, fmt: str, pages) -> int:
     """The constrained-decoding table; returns its number of prefixes.
+
+    pages : (keys, ids (B, L + 1)) pages in ID order as ``SemanticIdIndex.id_pages`` yields them
+    (or one (N, L + 1) sorted array). One pass; what is held in memory is one page and the open
+    prefix of each depth, the rest goes to temporary files beside ``path``.
 
     jsonl: ``{"depth": d, "prefix": [...], "next": [...]}`` per line; parquet: the same three
     columns; npz: per depth d, ``prefixes_d`` (M, d), ``offsets_d`` (M + 1,) and ``next_d``
-    (the next codes of prefix m are ``next_d[offsets_d[m]:offsets_d[m + 1]]``). The file
-    appears only complete (see :func:`replaced`).
+    (the next codes of prefix m are ``next_d[offsets_d[m]:offsets_d[m + 1]]``). Depth by depth,
+    prefixes in ID order. The file appears only complete (see :func:`replaced`).
     """
     if fmt not in ("jsonl", "parquet", "npz"):
         raise ConfigError(f"the next-code table exports as jsonl, parquet or npz, not {fmt!r}")
-    with replaced(path) as tmp:
-        return _write_next_codes(tmp, fmt, ids)
+    if isinstance(pages, np.ndarray):
+        pages = [(None, pages)]
+    with replaced(path) as tmp, tempfile.TemporaryDirectory(
+            dir=str(Path(path).resolve().parent), prefix=".semid-next-") as spill_dir:
+        table = _NextCodeSpill(spill_dir)
+        for _, ids in pages:
+            table.add(np.asarray(ids, dtype=np.int64))
+        table.close()
+        return table.write(tmp, fmt)
 
 
-def _write_next_codes(path: str, fmt: str, ids: np.ndarray) -> int:
-    table = list(next_code_table(ids))
-    if fmt == "jsonl":
-        with open(path, "w", encoding="utf-8") as f:
-            for prefix, nxt in table:
-                f.write(json.dumps({"depth": len(prefix), "prefix": list(prefix),
-                                    "next": nxt.tolist()}) + "\n")
-    elif fmt == "parquet":
-        pa, pq = _pyarrow()
-        pq.write_table(pa.table({
-            "depth": pa.array([len(p) for p, _ in table], pa.int32()),
-            "prefix": pa.array([list(p) for p, _ in table], pa.list_(pa.int64())),
-            "next": pa.array([n.tolist() for _, n in table], pa.list_(pa.int64()))}), path)
-    else:  # npz
-        arrays: dict[str, np.ndarray] = {}
-        for depth in range(ids.shape[1]):
-            rows = [(p, n) for p, n in table if len(p) == depth]
-            arrays[f"prefixes_{depth}"] = np.array([p for p, _ in rows], dtype=np.int64) \
-                .reshape(len(rows), depth)
-            arrays[f"offsets_{depth}"] = np.cumsum([0] + [len(n) for _, n in rows])
-            arrays[f"next_{depth}"] = np.concatenate([n for _, n in rows]) if rows else \
-                np.zeros(0, np.int64)
-        with open(path, "wb") as f:
-            # the keys are prefixes_/offsets_/next_<depth>, never savez's allow_pickle; mypy
-            # matches **dict[str, ndarray] against that bool keyword too
-            np.savez(f, **arrays)  # type: ignore[arg-type]
-    return len(table)
+class _NextCodeSpill:
+    """The next-code table of IDs that arrive sorted, page by page, spilled per depth to three
+    append-only files: prefixes (int64, d per entry), entry lengths (int64) and next codes
+    (int64)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.width: int | None = None
+        self._last: np.ndarray | None = None
+        self._open: list[tuple[np.ndarray, list[np.ndarray]]] = []  # per depth: prefix, codes
+        self._files: list[tuple] = []
+        self.counts: list[int] = []
+
+    def _start(self, width: int) -> None:
+        self.width = width
+        for d in range(width):
+            self._files.append(tuple(open(os.path.join(self.folder, f"{d}.{part}"), "wb")
+                                     for part in ("prefix", "len", "next")))
+            self.counts.append(0)
+
+    def add(self, ids: np.ndarray) -> None:
+        if ids.ndim != 2 or len(ids) == 0:
+            return
+        if self.width is None:
+            self._start(ids.shape[1])
+        rows = ids if self._last is None else np.concatenate([self._last[None], ids])
+        diff = rows[1:] != rows[:-1]
+        new = np.logical_or.accumulate(diff, axis=1)  # row i + 1 starts a new (d+1)-prefix
+        if self._last is None:
+            new = np.concatenate([np.ones((1, ids.shape[1]), dtype=bool), new])
+            body = rows
+        else:
+            body = rows[1:]
+        for d in range(ids.shape[1]):
+            starts = np.flatnonzero(new[:, d])  # rows of this page that start a (d+1)-prefix
+            if not len(starts):
+                continue
+            codes = body[starts, d]
+            group = new[starts, d - 1] if d else np.zeros(len(starts), dtype=bool)
+            if self._last is None:  # the first row of all starts every prefix
+                group[0] = True
+            cut = np.flatnonzero(group)  # entries that start a new d-prefix
+            if not len(cut) or cut[0] > 0:  # the first entries continue the open prefix
+                self._open[d][1].append(codes[:cut[0] if len(cut) else len(codes)])
+            if len(cut):
+                if d < len(self._open):
+                    self._emit(d, *self._open[d])
+                bounds = np.r_[cut, len(codes)]
+                if len(cut) > 1:  # complete entries inside the page
+                    self._write(d, body[starts[cut[:-1]], :d], np.diff(bounds[:-1]),
+                                codes[cut[0]:cut[-1]])
+                entry = (body[starts[cut[-1]], :d].copy(), [codes[cut[-1]:]])
+                if d < len(self._open):
+                    self._open[d] = entry
+                else:
+                    self._open.append(entry)
+        self._last = ids[-1].copy()
+
+    def _emit(self, d: int, prefix: np.ndarray, parts: list[np.ndarray]) -> None:
+        codes = np.concatenate(parts)
+        self._write(d, prefix[None], np.array([len(codes)]), codes)
+
+    def _write(self, d: int, prefixes: np.ndarray, lengths: np.ndarray,
+               codes: np.ndarray) -> None:
+        fp, fl, fn = self._files[d]
+        fp.write(np.ascontiguousarray(prefixes, dtype=np.int64).tobytes())
+        fl.write(np.ascontiguousarray(lengths, dtype=np.int64).tobytes())
+        fn.write(np.ascontiguousarray(codes, dtype=np.int64).tobytes())
+        self.counts[d] += len(lengths)
+
+    def close(self) -> None:
+        for d, entry in enumerate(self._open):
+            self._emit(d, *entry)
+        for files in self._files:
+            for f in files:
+                f.close()
+
+    def _arrays(self, d: int):
+        """Memory-mapped (prefixes (M, d), lengths (M,), next codes) of depth d."""
+        def load(part: str, shape) -> np.ndarray:
+            name = os.path.join(self.folder, f"{d}.{part}")
+            if os.path.getsize(name) == 0:
+                return np.zeros(shape, dtype=np.int64)
+            return np.memmap(name, dtype=np.int64, mode="r").reshape(shape)
+        m = self.counts[d]
+        return load("prefix", (m, d)), load("len", (m,)), load("next", (-1,))
+
+    def write(self, path: str, fmt: str) -> int:
+        width = self.width or 0
+        if fmt == "jsonl":
+            with open(path, "w", encoding="utf-8") as f:
+                for d in range(width):
+                    prefixes, lengths, codes = self._arrays(d)
+                    at = 0
+                    for a in range(0, len(lengths), NEXT_CHUNK):
+                        pre = prefixes[a:a + NEXT_CHUNK].tolist()
+                        lens = lengths[a:a + NEXT_CHUNK].tolist()
+                        end = at + sum(lens)
+                        flat = codes[at:end].tolist()
+                        at, pos, out = end, 0, []
+                        for p, n in zip(pre, lens):
+                            out.append(json.dumps({"depth": d, "prefix": p,
+                                                   "next": flat[pos:pos + n]}) + "\n")
+                            pos += n
+                        f.write("".join(out))
+        elif fmt == "parquet":
+            pa, pq = _pyarrow()
+            schema = pa.schema([("depth", pa.int32()), ("prefix", pa.list_(pa.int64())),
+                                ("next", pa.list_(pa.int64()))])
+            with pq.ParquetWriter(path, schema) as writer:
+                for d in range(width):
+                    prefixes, lengths, codes = self._arrays(d)
+                    at = 0
+                    for a in range(0, len(lengths), NEXT_CHUNK):
+                        lens = np.asarray(lengths[a:a + NEXT_CHUNK])
+                        end = at + int(lens.sum())
+                        m = len(lens)
+                        pre = pa.ListArray.from_arrays(
+                            pa.array(np.arange(m + 1, dtype=np.int32) * d),
+                            pa.array(np.asarray(prefixes[a:a + m]).reshape(-1)))
+                        nxt = pa.ListArray.from_arrays(
+                            pa.array(np.r_[0, np.cumsum(lens)].astype(np.int32)),
+                            pa.array(np.asarray(codes[at:end])))
+                        writer.write_table(pa.Table.from_arrays(
+                            [pa.array(np.full(m, d, dtype=np.int32)), pre, nxt],
+                            schema=schema))
+                        at = end
+        else:  # npz: every array written to the archive from its spill file
+            with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+                for d in range(width):
+                    prefixes, lengths, codes = self._arrays(d)
+                    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+                    for name, arr in ((f"prefixes_{d}", prefixes), (f"offsets_{d}", offsets),
+                                      (f"next_{d}", codes)):
+                        with z.open(name + ".npy", "w", force_zip64=True) as f:
+                            np.lib.format.write_array(f, np.asarray(arr), allow_pickle=False)
+        return sum(self.counts)
+
+
+#: Entries per chunk when a spilled next-code table is written out.
+NEXT_CHUNK = 65_536
 
 
 def write_grid(path, pages: Iterable[tuple[Sequence[str], np.ndarray]], n: int,

@@ -9,7 +9,7 @@ import pytest
 
 from semid_index import ConfigError, SemanticIdIndex
 from semid_index.cli import main as cli_main
-from semid_index.export import next_code_table
+from semid_index.export import next_code_table, write_next_codes
 
 from conftest import dump_tables, gaussian_mixture, semid
 
@@ -241,3 +241,37 @@ def test_every_command_has_help_an_example_and_a_readme_entry():
     assert all(name in out for name in cli_main.commands)
     code, out, _ = semid("export", "--help")
     assert "--what" in out and "constrained decoding" in out
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "npz"])
+def test_streamed_next_code_table_equals_the_whole_array_one(fmt, tmp_path):
+    """The export reads the index page by page and spills each depth to disk: for any page
+    boundaries (prefixes cut in the middle) it writes what next_code_table gives on all IDs."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        sizes = rng.integers(1, 5, int(rng.integers(1, 4)))
+        n = int(rng.integers(1, 60))
+        codes = np.stack([rng.integers(0, k, n) for k in sizes], 1)
+        codes = codes[np.lexsort(codes.T[::-1])]
+        new = np.r_[True, (codes[1:] != codes[:-1]).any(1)]
+        ids = np.c_[codes, np.arange(n) - np.flatnonzero(new)[np.cumsum(new) - 1]]
+        ref = [(list(p), x.tolist()) for p, x in next_code_table(ids)]
+        pages = [(None, part) for part in np.split(ids, np.sort(rng.integers(0, n + 1, 4)))]
+        out = tmp_path / f"t{trial}.{fmt}"
+        assert write_next_codes(out, fmt, pages) == len(ref)
+        if fmt == "jsonl":
+            got = [(r["prefix"], r["next"]) for r in map(json.loads, out.open())]
+        elif fmt == "parquet":
+            got = [(r["prefix"], r["next"]) for r in pq.read_table(out).to_pylist()]
+        else:
+            z = np.load(out)
+            got = [(z[f"prefixes_{d}"][i].tolist(),
+                    z[f"next_{d}"][z[f"offsets_{d}"][i]:z[f"offsets_{d}"][i + 1]].tolist())
+                   for d in range(len(sizes) + 1) for i in range(len(z[f"prefixes_{d}"]))]
+        assert got == ref, trial
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"t{t}.{fmt}" for t in range(60))  # no spill files left behind
