@@ -247,8 +247,8 @@ def _export(db, index_name, out, what, fmt, no_tokens, version, base) -> tuple[i
             n, extra = ex.write_sid2items(out, idx.id_pages(version=version),
                                           idx.codebook_sizes, base=base), " packed SIDs"
         elif what == "prefix-ngrams":
-            keys, ids = idx.id_arrays(version=version)
-            n, extra = ex.write_prefix_ngrams(out, keys, ids, idx.codebook_sizes), " items"
+            n, extra = ex.write_prefix_ngrams(out, idx.id_pages(version=version),
+                                              idx.codebook_sizes), " items"
         else:
             n = idx.count(version=version)
             keys_file = ex.write_grid(out, idx.id_pages(version=version), n, idx.n_levels,

@@ -20,6 +20,7 @@ import csv
 import json
 import os
 import secrets
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -121,7 +122,8 @@ def write_ids(path, fmt: str, pages: Iterable[tuple[Sequence[str], np.ndarray]],
               tokens: bool = True) -> int:
     """One record per item: key, ID string, level codes, suffix (and token string). ``pages``
     yields (keys, ids (B, L + 1)) as ``SemanticIdIndex.id_pages`` does; JSONL, CSV and Parquet
-    are written page by page (memory stays flat), npz at the end. Returns the number of items.
+    are written page by page, npz through temporary files beside the output (memory stays flat
+    either way). Returns the number of items.
     The file appears only complete (see :func:`replaced`)."""
     if fmt not in FORMATS:
         raise ConfigError(f"item IDs export as {', '.join(FORMATS)}, not {fmt!r}")
@@ -178,13 +180,80 @@ def _write_ids(path: str, fmt: str, pages: Iterable[tuple[Sequence[str], np.ndar
             if writer is not None:
                 writer.close()
     else:  # npz
-        parts = list(pages)
-        keys = [k for ks, _ in parts for k in ks]
-        ids = np.concatenate([i for _, i in parts]) if parts else np.zeros((0, 0), np.int64)
-        with open(path, "wb") as f:  # a file object: np.savez adds no extension
-            np.savez(f, keys=np.asarray(keys, dtype=str), ids=ids)
-        n = len(keys)
+        n = _write_npz_pages(path, pages)
     return n
+
+
+def _write_npz_pages(path: str, pages: Iterable[tuple[Sequence[str], np.ndarray]],
+                     ngram_sizes: Sequence[int] | None = None) -> int:
+    """An ``.npz`` of ``keys`` (N,) str, ``ids`` (N, L + 1) int64 (and with ``ngram_sizes``
+    ``ngrams`` (N, L) and ``vocab_size``) written from pages without holding them: one pass
+    spills them to temporary files beside ``path``, then each array goes into the archive in
+    chunks. Returns N."""
+    folder = tempfile.mkdtemp(dir=str(Path(path).resolve().parent), prefix=".semid-npz-")
+    try:
+        n, width, longest = 0, 0, 1
+        vocab = 0
+        with open(os.path.join(folder, "keys"), "wb") as fk, \
+                open(os.path.join(folder, "ids"), "wb") as fi, \
+                open(os.path.join(folder, "ngrams"), "wb") as fg:
+            for keys, ids in pages:
+                ids = np.ascontiguousarray(ids, dtype=np.int64)
+                width = ids.shape[1]
+                for k in keys:  # length-prefixed: a key may hold any character
+                    raw = k.encode("utf-8")
+                    fk.write(len(raw).to_bytes(4, "little") + raw)
+                    longest = max(longest, len(k))
+                fi.write(ids.tobytes())
+                if ngram_sizes is not None:
+                    grams, vocab = prefix_ngram_ids(ids, ngram_sizes)
+                    fg.write(grams.tobytes())
+                n += len(keys)
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            _npz_member(z, "keys", np.dtype(f"<U{longest}"), (n,),
+                        _key_chunks(os.path.join(folder, "keys"), longest))
+            _npz_member(z, "ids", np.dtype(np.int64), (n, width),
+                        _raw_chunks(os.path.join(folder, "ids")))
+            if ngram_sizes is not None:
+                _npz_member(z, "ngrams", np.dtype(np.int64), (n, len(ngram_sizes)),
+                            _raw_chunks(os.path.join(folder, "ngrams")))
+                if n == 0:
+                    vocab = prefix_ngram_ids(np.zeros((0, len(ngram_sizes) + 1), np.int64),
+                                             ngram_sizes)[1]
+                _npz_member(z, "vocab_size", np.dtype(np.int64), (),
+                            iter([np.int64(vocab).tobytes()]))
+        return n
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _npz_member(z: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple,
+                chunks: Iterable[bytes]) -> None:
+    """One ``.npy`` member of an archive: its header, then the raw data chunk by chunk."""
+    with z.open(name + ".npy", "w", force_zip64=True) as f:
+        np.lib.format.write_array_header_2_0(
+            f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                "shape": shape})
+        for chunk in chunks:
+            f.write(chunk)
+
+
+def _raw_chunks(name: str, size: int = 1 << 24) -> Iterator[bytes]:
+    with open(name, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+def _key_chunks(name: str, width: int, count: int = 65_536) -> Iterator[bytes]:
+    """The length-prefixed keys of a spill file as fixed-width ``<U{width}`` bytes."""
+    with open(name, "rb") as f:
+        while True:
+            keys: list[str] = []
+            while len(keys) < count and (head := f.read(4)):
+                keys.append(f.read(int.from_bytes(head, "little")).decode("utf-8"))
+            if not keys:
+                return
+            yield np.asarray(keys, dtype=f"<U{width}").tobytes()
 
 
 def write_next_codes(path, fmt: str, pages) -> int:
@@ -481,12 +550,12 @@ def prefix_ngram_ids(ids: np.ndarray, sizes: Sequence[int]) -> tuple[np.ndarray,
     return out, offset
 
 
-def write_prefix_ngrams(path, keys: Sequence[str], ids: np.ndarray,
+def write_prefix_ngrams(path, pages: Iterable[tuple[Sequence[str], np.ndarray]],
                         sizes: Sequence[int]) -> int:
     """``.npz`` with ``keys`` (N,), ``ids`` (N, L + 1), ``ngrams`` (N, L) (see
-    :func:`prefix_ngram_ids`) and ``vocab_size``; the file appears only complete. Returns N."""
-    ngrams, vocab = prefix_ngram_ids(ids, sizes)
-    with replaced(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, keys=np.asarray(list(keys), dtype=str), ids=ids, ngrams=ngrams,
-                 vocab_size=np.int64(vocab))
-    return len(keys)
+    :func:`prefix_ngram_ids`) and ``vocab_size``, from (keys, ids) pages as
+    ``SemanticIdIndex.id_pages`` yields them (memory stays that of a page); the file appears only
+    complete. Returns N."""
+    prefix_ngram_ids(np.zeros((0, len(sizes) + 1), np.int64), sizes)  # sizes fit 64-bit ids
+    with replaced(path) as tmp:
+        return _write_npz_pages(tmp, pages, sizes)

@@ -9,7 +9,8 @@ import pytest
 
 from semid_index import ConfigError, SemanticIdIndex
 from semid_index.cli import main as cli_main
-from semid_index.export import next_code_table, write_next_codes
+from semid_index.export import (next_code_table, prefix_ngram_ids, write_ids, write_next_codes,
+                                 write_prefix_ngrams)
 
 from conftest import dump_tables, gaussian_mixture, semid
 
@@ -275,3 +276,25 @@ def test_streamed_next_code_table_equals_the_whole_array_one(fmt, tmp_path):
         assert got == ref, trial
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         f"t{t}.{fmt}" for t in range(60))  # no spill files left behind
+
+
+def test_npz_exports_stream_pages_into_the_archive(tmp_path):
+    """ids and prefix-ngrams .npz are written from pages through spill files: the arrays are
+    those of the whole catalog, with keys of any characters, and nothing is left behind."""
+    rng = np.random.default_rng(1)
+    ids = np.c_[rng.integers(0, 5, (300, 3)), rng.integers(0, 3, 300)]
+    keys = [f"k{i}" + ("\n\u00e9\u4e2d" if i % 7 == 0 else "") + "x" * (i % 13)
+            for i in range(300)]
+    pages = [(keys[a:b], ids[a:b]) for a, b in ((0, 0), (0, 111), (111, 250), (250, 300))]
+    assert write_ids(tmp_path / "i.npz", "npz", pages) == 300
+    z = np.load(tmp_path / "i.npz")
+    assert z["keys"].tolist() == keys and (z["ids"] == ids).all()
+    assert z["keys"].dtype == np.asarray(keys, dtype=str).dtype
+    assert write_prefix_ngrams(tmp_path / "g.npz", pages, [5, 5, 5]) == 300
+    z = np.load(tmp_path / "g.npz")
+    grams, vocab = prefix_ngram_ids(ids, [5, 5, 5])
+    assert z["keys"].tolist() == keys and (z["ngrams"] == grams).all()
+    assert int(z["vocab_size"]) == vocab == 5 + 25 + 125
+    assert write_ids(tmp_path / "e.npz", "npz", []) == 0
+    assert np.load(tmp_path / "e.npz")["ids"].shape == (0, 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz", "g.npz", "i.npz"]
