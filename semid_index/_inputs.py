@@ -78,18 +78,38 @@ def item_keys(keys, *, allow_duplicates: bool = False) -> list[str]:
 
 def _utf8(keys: list[str]) -> bool:
     try:
-        "".join(keys).encode("utf-8")
+        for a in range(0, len(keys), KEY_CHUNK):  # in chunks: no copy of all the text at once
+            "".join(keys[a:a + KEY_CHUNK]).encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True
 
 
+#: Keys per chunk of the UTF-8 check.
+KEY_CHUNK = 100_000
+
+
 def _unique(keys: list[str], allow_duplicates: bool) -> list[str]:
-    if not allow_duplicates and len(set(keys)) != len(keys):
+    if not allow_duplicates and _has_duplicates(keys):
         dup = [k for k, n in Counter(keys).items() if n > 1]
         raise DuplicateKeyError(f"{len(dup)} item key(s) appear more than once: "
                                 f"{', '.join(map(repr, dup[:10]))}{' ...' if len(dup) > 10 else ''}")
     return keys
+
+
+def _has_duplicates(keys: list[str]) -> bool:
+    """Whether a key appears twice, in 8 bytes per key: equal keys have equal hashes, so only
+    the keys whose hash repeats are compared (a set of 10M keys would take ~0.5 GB more)."""
+    if len(keys) < 1 << 16:
+        return len(set(keys)) != len(keys)
+    h = np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys))
+    h.sort()
+    repeated = np.unique(h[1:][h[1:] == h[:-1]])
+    if not len(repeated):
+        return False
+    suspects = set(repeated.tolist())
+    maybe = [k for k in keys if hash(k) in suspects]
+    return len(set(maybe)) != len(maybe)
 
 
 def missing_policy(missing: str) -> str:

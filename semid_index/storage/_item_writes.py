@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from datetime import datetime, timezone
-from itertools import islice, repeat
+from itertools import repeat
 
 import numpy as np
 from sqlalchemy import bindparam, delete, insert, update
@@ -63,7 +63,7 @@ class ItemWrites:
         input order; executemany in large batches on SQLite, binary COPY on PostgreSQL.
         Returns the suffixes (N,) int64."""
         suffixes = group_suffixes(codes)
-        self._bulk(conn, space, keys, space.layout.pack(codes), suffixes, fingerprints, progress)
+        self._bulk(conn, space, keys, codes, suffixes, fingerprints, progress)
         return suffixes
 
     def insert_new(self, conn: Connection, space: Space, keys: Sequence[str],
@@ -113,25 +113,33 @@ class ItemWrites:
                 [{"i": space.index_id, "v": space.version, "k": k, "fp": fp} for k, fp in pairs])
 
     # ------------------------------------------------------------------ internals
-    def _bulk(self, conn: Connection, space: Space, keys: Sequence[str], packed: list[bytes],
-              suffixes: np.ndarray, fingerprints: np.ndarray, progress: Progress) -> None:
-        rows = zip(repeat(space.index_id), repeat(space.version), keys, packed,
-                   suffixes.tolist(), fingerprints.tolist())  # made as the driver consumes them
-        sizes = [min(BULK_BATCH, len(keys) - a) for a in range(0, len(keys), BULK_BATCH)]
+    def _bulk(self, conn: Connection, space: Space, keys: Sequence[str],
+              packed: list[bytes] | np.ndarray, suffixes: np.ndarray, fingerprints: np.ndarray,
+              progress: Progress) -> None:
+        """Write the rows in batches of BULK_BATCH. ``packed``: the binary codes, or the (N, L)
+        codes to pack batch by batch (a load's memory then holds no list of N code keys)."""
         raw = driver_connection(conn)
+
+        def batches():
+            for a in range(0, len(keys), BULK_BATCH):
+                b = min(a + BULK_BATCH, len(keys))
+                codes = space.layout.pack(packed[a:b]) if isinstance(packed, np.ndarray) \
+                    else packed[a:b]
+                yield b - a, zip(repeat(space.index_id), repeat(space.version), keys[a:b],
+                                 codes, suffixes[a:b].tolist(), fingerprints[a:b].tolist())
         if self.dialect == "sqlite":
             with closing(raw.cursor()) as cur:
-                for size in sizes:
+                for size, rows in batches():
                     cur.executemany(f"INSERT INTO semid_items ({_COLS}) VALUES (?, ?, ?, ?, ?, ?)",
-                                    islice(rows, size))
+                                    rows)
                     if progress:
                         progress(size)
         else:
             with raw.cursor() as cur, cur.copy(
                     f"COPY semid_items ({_COLS}) FROM STDIN (FORMAT BINARY)") as cp:
                 cp.set_types(["int4", "int4", "text", "bytea", "int4", "int8"])
-                for size in sizes:
-                    for row in islice(rows, size):
+                for size, rows in batches():
+                    for row in rows:
                         cp.write_row(row)
                     if progress:
                         progress(size)
