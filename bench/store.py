@@ -16,6 +16,10 @@ table with the identical DDL:
   plus on SQLite the WAL checkpointing those writes owe (the background pass is waited for and
   a last checkpoint runs, inside the timing); three rounds on fresh items, median reported.
 
+With PostgreSQL, ``--writers 1,2,4`` also times that many processes adding batches of 1,000 to
+the same index at once (one thread each; the index's write lock serialises their writes, their
+encoding runs in parallel).
+
 Targets (issue 3): load >= 60% of raw on SQLite and >= 50% of raw COPY on PostgreSQL; prefix p50
 <= 3x raw and <= 0.5 ms on SQLite; add >= 20,000 items/s on SQLite.
 """
@@ -264,6 +268,49 @@ def backend_run(kind: str, url: str, model, keys, codes, prefixes, extra, args, 
     return res
 
 
+def _writer(url: str, rows_path: str, worker: int, n_writers: int, batches: int, barrier,
+            out) -> None:
+    """One of ``n_writers`` processes adding ``batches`` x 1,000 new items to index "bench"."""
+    import torch
+
+    torch.set_num_threads(1)
+    x = np.load(rows_path, mmap_mode="r")
+    with SemanticIdIndex.open(url, "bench") as idx:
+        idx.add([f"warm-{n_writers}-{worker}"], np.ascontiguousarray(x[:1]))  # load the model
+        barrier.wait()
+        t = time.perf_counter()
+        for b in range(batches):
+            rows = np.ascontiguousarray(x[(b * 1000) % (len(x) - 1000):][:1000])
+            idx.add([f"w{n_writers}-{worker}-{b}-{i}" for i in range(1000)], rows)
+        out.put(time.perf_counter() - t)
+
+
+def writers_run(url: str, extra: np.ndarray, counts: list[int], batches: int) -> dict:
+    """items/s of N processes adding to one PostgreSQL index at once, for each N in counts."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    res = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        rows_path = os.path.join(tmp, "rows.npy")
+        np.save(rows_path, extra)
+        for n in counts:
+            barrier, out = ctx.Barrier(n + 1), ctx.Queue()
+            procs = [ctx.Process(target=_writer, args=(url, rows_path, w, n, batches, barrier,
+                                                       out)) for w in range(n)]
+            for p in procs:
+                p.start()
+            barrier.wait()
+            t = time.perf_counter()
+            times = [out.get() for _ in procs]
+            wall = time.perf_counter() - t
+            for p in procs:
+                p.join()
+            res[n] = (n * batches * 1000 / wall, max(times))
+            print(f"  {n} writer(s): {res[n][0]:,.0f} items/s in all", flush=True)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000, help="items in the table")
@@ -280,6 +327,11 @@ def main() -> None:
     ap.add_argument("--pg-url", default=os.environ.get("SEMID_TEST_PG_URL"),
                     help="PostgreSQL database (default $SEMID_TEST_PG_URL; omit to skip)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--writers", default="1,2,4",
+                    help="PostgreSQL: numbers of concurrent add processes to time (each one "
+                         "thread; empty to skip)")
+    ap.add_argument("--writer-batches", type=int, default=30,
+                    help="batches of 1,000 items each concurrent writer adds")
     args = ap.parse_args()
 
     t = time.perf_counter()
@@ -300,6 +352,10 @@ def main() -> None:
             SemanticIdIndex.drop(args.pg_url, "bench")
         results["PostgreSQL"] = backend_run("postgresql", args.pg_url, model, keys, codes,
                                             prefixes, extra, args, args.pg_url)
+        writers = [int(v) for v in args.writers.split(",") if v.strip()]
+        if writers:
+            results["PostgreSQL"]["writers"] = writers_run(args.pg_url, extra, writers,
+                                                           args.writer_batches)
         SemanticIdIndex.drop(args.pg_url, "bench")
 
     print(f"\n{args.n:,} items; codes from a {args.levels} x {args.k} residual k-means; "
@@ -323,6 +379,11 @@ def main() -> None:
         print(f"| {name} | add, batches of 1,000, items/s (median of {len(adds)} rounds; "
               f"min-max) | {mid:,.0f} ({min(adds):,.0f}-{max(adds):,.0f}; encoding included) | "
               f"{r['add_raw']:,.0f} ({raw_how}) | {mid / r['add_raw']:.0%} |")
+        for n, (rate, _) in r.get("writers", {}).items():
+            one = r["writers"][min(r["writers"])][0]
+            print(f"| {name} | add, {n} concurrent writer process(es) x {args.writer_batches} x "
+                  f"1,000 items, items/s in all | {rate:,.0f} | - | {rate / one:.2f}x of "
+                  f"{min(r['writers'])} writer |")
     print(f"\npeak RSS {peak_rss_gib():.2f} GiB")
 
 
