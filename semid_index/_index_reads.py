@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from . import _inputs
 from ._results import IdChange, IndexedItem, IndexStats, PrefixPage, SimilarItem, VersionInfo
-from .errors import ConfigError, NotFittedError, UnknownItemError
+from .errors import ConfigError, InvalidCodesError, NotFittedError, UnknownItemError
 from .ids import SemanticId
 from .storage import IndexRecord, Space
 
@@ -88,6 +88,43 @@ class IndexReads:
             hit = found.get(k)
             out.append(None if hit is None else _make_id(hit.levels, hit.suffix))
         return out
+
+    def keys_of(self, ids, *, version: int | None = None) -> list[str | None]:
+        """The item key that holds each ID (SemanticIds, ``"12-201-7-0"`` strings or (L + 1)
+        int rows: the codes, then the suffix), in order, from one snapshot; None where no item
+        holds it (never issued, or removed). The reverse of :meth:`lookup_many`."""
+        version = _inputs.version_number(version)
+        n_levels = self._record.n_levels
+        if isinstance(ids, (str, SemanticId)) or not hasattr(ids, "__iter__"):
+            raise ConfigError(f"ids must be a sequence of IDs, got {type(ids).__name__}: wrap "
+                              "one ID in a list")
+        parsed: list[tuple[tuple[int, ...], int]] = []
+        for sid in ids:
+            if isinstance(sid, str):
+                sid = SemanticId.parse(sid, n_levels)
+            if isinstance(sid, SemanticId):
+                if sid.depth != n_levels:
+                    raise InvalidCodesError(f"ID {sid} has {sid.depth} levels; index "
+                                            f"{self.name!r} has {n_levels}")
+                parsed.append((sid.levels, sid.suffix))
+                continue
+            try:
+                row = list(sid)
+            except TypeError:
+                raise InvalidCodesError(f"an ID is a SemanticId, a string or a row of ints, got "
+                                        f"{type(sid).__name__}") from None
+            if len(row) != n_levels + 1 or not all(
+                    isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                    and v >= 0 for v in row):
+                raise InvalidCodesError(f"an ID row has {n_levels} codes and a suffix, all "
+                                        f"non-negative ints; got {row!r:.80}")
+            parsed.append((tuple(int(v) for v in row[:-1]), int(row[-1])))
+        sizes = self._record.codebook_sizes
+        with self._store.read(self._op("look up IDs"), snapshot=True) as conn:
+            space = self._space(conn, version)
+            inside = [p for p in parsed if all(c < k for c, k in zip(p[0], sizes))]
+            found = self._store.reads.keys_at(conn, space, inside)
+        return [found.get(p) for p in parsed]
 
     def items_with_prefix(self, prefix, *, limit: int = 100, cursor: str | None = None,
                           version: int | None = None) -> PrefixPage:

@@ -514,23 +514,34 @@ class DecodingTable:
 
     def resolve(self, full_ids, index: "SemanticIdIndex | None" = None) -> list[str | None]:
         """The item key of each (B, L + 1) full ID (codes then suffix; SemanticIds accepted);
-        None where the ID was never issued. With ``index``, first checks that the table is of
-        its active version (:meth:`check`)."""
+        None where the ID was never issued.
+
+        Without ``index``: from the keys the table holds (its snapshot). With ``index``: the
+        table is first checked to be of the index's active version (:meth:`check`), then the IDs
+        are resolved through the index (:meth:`SemanticIdIndex.keys_of`, one batched read), so
+        an item removed since the snapshot gives None; this works without held keys too."""
         if index is not None:
             self.check(index)
+            rows = self._prefix_array(self._id_rows(full_ids), self.n_levels + 1)
+            return index.keys_of(self._ops.numpy(rows).tolist(), version=self.version)
         if self.keys is None:
-            raise ConfigError("this decoding table holds no item keys: build it with keys=True")
+            raise ConfigError("this decoding table holds no item keys: build it with "
+                              "keys=True, or resolve through the index (index=)")
         rows = self.rows_of(full_ids)
         return [None if r < 0 else self.keys[r] for r in rows.tolist()]
 
+    @staticmethod
+    def _id_rows(full_ids):
+        if isinstance(full_ids, SemanticId):
+            return [[*full_ids.levels, full_ids.suffix]]
+        if isinstance(full_ids, (list, tuple)) and full_ids and \
+                isinstance(full_ids[0], SemanticId):
+            return [[*s.levels, s.suffix] for s in full_ids]
+        return full_ids
+
     def rows_of(self, full_ids) -> torch.Tensor:
         """(B,) the row (0..N-1, in ID order) of each full ID; -1 where not issued."""
-        if isinstance(full_ids, SemanticId) or (
-                isinstance(full_ids, (list, tuple)) and full_ids and
-                isinstance(full_ids[0], SemanticId)):
-            items = [full_ids] if isinstance(full_ids, SemanticId) else full_ids
-            full_ids = [[*s.levels, s.suffix] for s in items]
-        t = self._prefix_array(full_ids, self.n_levels + 1)
+        t = self._prefix_array(self._id_rows(full_ids), self.n_levels + 1)
         if t.shape[1] != self.n_levels + 1:
             raise InvalidCodesError(f"full IDs have {self.n_levels} codes and a suffix, got "
                                     f"rows of {t.shape[1]}")

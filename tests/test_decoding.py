@@ -341,12 +341,26 @@ def test_table_from_index_resolves_refreshes_and_detects_a_refit(fitted):
     table = DecodingTable.from_index(idx)
     assert table.version == idx.active_version and table.n_items == 1400
     ks, ids = idx.id_arrays()
-    assert table.resolve(ids, index=idx) == ks
+    assert table.resolve(ids, index=idx) == ks == table.resolve(ids)
+    # through the index: works without held keys, and sees removals the snapshot does not
+    bare = DecodingTable.from_index(idx, keys=False)
+    assert bare.keys is None and bare.resolve(ids[:50], index=idx) == ks[:50]
+    assert idx.keys_of([str(idx.lookup(k)) for k in ks[:3]]) == ks[:3]
+    assert idx.keys_of([idx.lookup(ks[3]), [99, 0, 0, 0], [0, 0, 0, 10**6]]) == [ks[3], None,
+                                                                                 None]
+    for bad in ([[1, 2, 3]], [[1, 2, 3, -1]], [[1.0, 2, 3, 0]], [[True, 2, 3, 0]], [7]):
+        with pytest.raises(InvalidCodesError):
+            idx.keys_of(bad)
+    with pytest.raises(ConfigError, match="sequence of IDs"):
+        idx.keys_of("1-2-3-0")
+    assert idx.keys_of([[2**70, 0, 0, 0]]) == [None] and idx.keys_of([]) == []
+    idx.remove([ks[0]])
+    assert table.resolve(ids[:1], index=idx) == [None] and table.resolve(ids[:1]) == [ks[0]]
     new_ids = idx.add(keys[1400:], x[1400:], progress=False)
     assert all(k is None for k in table.resolve(new_ids))  # not in the snapshot yet
     stale = table.exclusion(items=keys[:5])
     table.refresh(idx)
-    assert table.n_items == 1500 and table.resolve(new_ids) == keys[1400:]
+    assert table.n_items == 1499 and table.resolve(new_ids) == keys[1400:]  # 1 removed
     with pytest.raises(ConfigError, match="before table.refresh"):  # its rows moved
         table.allowed([[0]], stale)
     # a new item is generatable: ban everything else and it is the only path left

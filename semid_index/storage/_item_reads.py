@@ -12,7 +12,7 @@ from contextlib import closing
 from typing import NamedTuple
 
 import numpy as np
-from sqlalchemy import and_, func, null as null_, or_, select, tuple_, union_all
+from sqlalchemy import and_, bindparam, func, null as null_, or_, select, tuple_, union_all
 from sqlalchemy.engine import Connection
 
 from ._catalog import IndexRecord, Space
@@ -169,6 +169,26 @@ class ItemReads:
                 or_(*ranges)).group_by(items.c.code)
             rows = conn.execute(stmt).all()
             out.update(zip(lay.levels(bytes(c) for c, _ in rows), (int(n) for _, n in rows)))
+        return out
+
+    def keys_at(self, conn: Connection, space: Space,
+                ids: Sequence[tuple[Levels, int]]) -> dict[tuple[Levels, int], str]:
+        """{(levels, suffix): item key} for those of ``ids`` that an item holds: the codes go
+        to the code index in IN lists (``IN_CHUNK`` per statement), the suffixes are matched
+        here."""
+        lay = space.layout
+        want = set(ids)
+        codes = sorted({c for c in lay.pack(np.array([lv for lv, _ in ids], dtype=np.int64)
+                                            .reshape(len(ids), lay.n_levels))}) if ids else []
+        out: dict[tuple[Levels, int], str] = {}
+        stmt = select(items.c.code, items.c.suffix, items.c.item_key).where(
+            items.c.index_id == space.index_id, items.c.version == space.version,
+            items.c.code.in_(bindparam("codes", expanding=True)))
+        for a in range(0, len(codes), IN_CHUNK):
+            rows = conn.execute(stmt, {"codes": codes[a:a + IN_CHUNK]}).all()
+            for lv, (_, suffix, key) in zip(lay.levels(bytes(r[0]) for r in rows), rows):
+                if (lv, int(suffix)) in want:
+                    out[(lv, int(suffix))] = key
         return out
 
     def distinct_prefixes(self, conn: Connection, space: Space, depth: int) -> int:
