@@ -653,6 +653,11 @@ class _Bans:
             per_depth[t] = (table._ops.asarray(s_t[order]), table._ops.asarray(e_t[order]), span)
         return cls(per_depth, table._ops.asarray(rows), table._ops)
 
+    def for_rows(self, requests: np.ndarray) -> "_Bans":
+        """The same bans for batch rows whose requests are ``requests`` (B,)."""
+        return _Bans(self.per_depth, self.ops.asarray(np.asarray(requests, dtype=np.int64)),
+                     self.ops)
+
     def banned(self, nodes: torch.Tensor, depth: int, rows: torch.Tensor | None
                ) -> torch.Tensor:
         """True where the node of ``depth`` has every item banned for its batch row's request
@@ -787,7 +792,7 @@ class _Stepper:
         self._forced = torch.zeros((), dtype=torch.int64, device=table.device)
         self._offsets = table._ops.asarray(np.array(layout.offsets, dtype=np.int64))
         self._widths = table._ops.asarray(np.array(layout.widths, dtype=np.int64))
-        self._bans_cache: tuple[tuple[int, int], Any] | None = None
+        self._bans_cache: tuple[int, Any, int, dict] | None = None
 
     @property
     def n_forced_end(self) -> int:
@@ -795,27 +800,37 @@ class _Stepper:
         was forced on them, never an unconstrained step."""
         return int(self._forced)
 
-    def _bans_for(self, n_rows: int) -> "_Bans | None":
+    def _bans_for(self, requests: np.ndarray) -> "_Bans | None":
+        """The bans of the batch rows whose requests are ``requests`` (B,): built once per table
+        state for all requests, then viewed per row layout (cached by the layout)."""
         ex = self.exclusions
         if ex is None:
             return None
-        key = (n_rows, self.table._snapshot)
-        if self._bans_cache is None or self._bans_cache[0] != key:
-            if isinstance(ex, Exclusion):
-                bans = _Bans.of(self.table, [ex], np.zeros(n_rows, dtype=np.int64))
-            else:
-                rows = np.arange(n_rows) // self.num_beams
-                if len(ex) * self.num_beams < n_rows:
-                    raise ConfigError(f"{len(ex)} exclusions for {n_rows} rows of "
-                                      f"{self.num_beams} beams: give one per request")
-                bans = _Bans.of(self.table, list(ex), rows)
-            self._bans_cache = (key, bans)
-        return self._bans_cache[1]
+        snap = self.table._snapshot
+        if self._bans_cache is None or self._bans_cache[0] != snap:
+            exs = [ex] if isinstance(ex, Exclusion) else list(ex)
+            self._bans_cache = (snap, _Bans.of(self.table, exs, np.arange(len(exs))), len(exs),
+                                {})
+        _, bans, n_requests, views = self._bans_cache
+        if bans is None:
+            return None
+        if isinstance(ex, Exclusion):
+            requests = np.zeros(len(requests), dtype=np.int64)
+        elif len(requests) and requests.max() >= n_requests:
+            raise ConfigError(f"{n_requests} exclusions for {len(requests)} rows of "
+                              f"{self.num_beams} beams: give one per request")
+        key = requests.tobytes()
+        if key not in views:
+            views.clear()  # one layout at a time: a generate call keeps its batch shape
+            views[key] = bans.for_rows(requests)
+        return views[key]
 
-    def step(self, generated: torch.Tensor) -> tuple[Any, int]:
+    def step(self, generated: torch.Tensor, requests: np.ndarray | None = None
+             ) -> tuple[Any, int]:
         """The allowed codes of the next position after the (B, t) generated tokens, and the
         position t: None once the ID is complete; else a (B, W) bool array of the table's kind,
-        or on CPU (rows, codes) of the allowed entries."""
+        or on CPU (rows, codes) of the allowed entries. ``requests`` (B,): each row's request
+        (default: row // num_beams)."""
         t = generated.shape[1]
         if t > self.table.n_levels:
             return None, t
@@ -825,7 +840,9 @@ class _Stepper:
                                        else generated.to(table.device)))
         codes = tokens - self._offsets[:t]
         codes = ops.where((codes >= 0) & (codes < self._widths[:t]), codes, -1)
-        ok = table._allowed(codes, self._bans_for(len(codes)), pairs=True)
+        if requests is None:
+            requests = np.arange(len(codes)) // self.num_beams
+        ok = table._allowed(codes, self._bans_for(requests), pairs=True)
         w = self.layout.widths[t]
         if isinstance(ok, tuple):  # (rows, codes): numpy only
             row, code = ok
@@ -945,8 +962,7 @@ class PrefixAllowedTokens:
     def __init__(self, table: DecodingTable, layout: TokenLayout, *, prompt_length: int,
                  exclusions: "Exclusion | Sequence[Exclusion | None] | None" = None,
                  index: "SemanticIdIndex | None" = None):
-        self._s = _Stepper(table, layout, prompt_length, 1, None, index)
-        self._exclusions = exclusions
+        self._s = _Stepper(table, layout, prompt_length, 1, exclusions, index)
 
     @property
     def n_forced_end(self) -> int:
@@ -954,12 +970,7 @@ class PrefixAllowedTokens:
 
     def __call__(self, batch_id: int, input_ids: torch.Tensor) -> list[int]:
         s = self._s
-        ex = self._exclusions
-        if ex is not None and not isinstance(ex, Exclusion):
-            ex = ex[batch_id]
-        s.exclusions = ex
-        s._bans_cache = None
-        ok, t = s.step(input_ids[None, s.prompt_length:])
+        ok, t = s.step(input_ids[None, s.prompt_length:], np.array([batch_id]))
         if ok is None:
             return [s.layout.eos_id]
         codes = torch.nonzero(s.dense(ok, 1)[0]).flatten()

@@ -20,7 +20,6 @@ import csv
 import json
 import os
 import secrets
-import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -190,8 +189,8 @@ def _write_npz_pages(path: str, pages: Iterable[tuple[Sequence[str], np.ndarray]
     ``ngrams`` (N, L) and ``vocab_size``) written from pages without holding them: one pass
     spills them to temporary files beside ``path``, then each array goes into the archive in
     chunks. Returns N."""
-    folder = tempfile.mkdtemp(dir=str(Path(path).resolve().parent), prefix=".semid-npz-")
-    try:
+    with tempfile.TemporaryDirectory(dir=str(Path(path).resolve().parent),
+                                     prefix=".semid-npz-") as folder:
         n, width, longest = 0, 0, 1
         vocab = 0
         with open(os.path.join(folder, "keys"), "wb") as fk, \
@@ -223,8 +222,6 @@ def _write_npz_pages(path: str, pages: Iterable[tuple[Sequence[str], np.ndarray]
                 _npz_member(z, "vocab_size", np.dtype(np.int64), (),
                             iter([np.int64(vocab).tobytes()]))
         return n
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _npz_member(z: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple,
