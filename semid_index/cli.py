@@ -11,6 +11,7 @@ commands are in :mod:`semid_index._cli_read`, the shared pieces in :mod:`semid_i
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import time
@@ -86,8 +87,11 @@ def _sizes(text: str, levels: int):
                    "same prefix.")
 @click.option("--warm-start", is_flag=True,
               help="Start from the active version's codebooks (keeps most prefixes).")
+@click.option("--distributed", is_flag=True,
+              help="Run as one rank of a torchrun job: each rank trains on its contiguous part "
+                   "of the file (data-parallel), encodes it, and rank 0 stores the version.")
 def fit(db, index_name, as_json, embeddings, keys_file, key_column, column, row_numbers, levels,
-        codebook_size, seed, balance, max_per_code, warm_start):
+        codebook_size, seed, balance, max_per_code, warm_start, distributed):
     """Train codebooks on EMBEDDINGS and give every item an ID (a new active version).
 
     EMBEDDINGS is a .npy (memory-mapped), .npz or .parquet file; the index is created first
@@ -98,6 +102,7 @@ def fit(db, index_name, as_json, embeddings, keys_file, key_column, column, row_
     semid fit vectors.npy --keys items.txt -k 32 --max-per-code 1
     semid fit movies.parquet --key-column title --column embedding
     semid fit grown.npy --keys items.txt --warm-start
+    torchrun --nproc-per-node 4 -m semid_index fit vectors.npy --keys items.txt --distributed
     """
     from .errors import IndexNotFoundError
     from .index import SemanticIdIndex
@@ -108,22 +113,40 @@ def fit(db, index_name, as_json, embeddings, keys_file, key_column, column, row_
     ctx = click.get_current_context()
     shape_given = any(ctx.get_parameter_source(p) != click.core.ParameterSource.DEFAULT
                       for p in ("levels", "codebook_size"))
-    idx = None
-    if not shape_given:  # an existing index keeps its shape
+
+    def open_index():
+        idx = None
+        if not shape_given:  # an existing index keeps its shape
+            try:
+                idx = SemanticIdIndex.open(db, index_name)
+            except IndexNotFoundError:
+                pass
+        if idx is None:  # create it, or check that the existing one has the shape asked for
+            idx = SemanticIdIndex.create(db, index_name, n_levels=levels,
+                                         codebook_size=_sizes(codebook_size, levels),
+                                         exist_ok=True, seed=seed,
+                                         **({} if balance is None else {"balance": balance}),
+                                         **({} if max_per_code is None else
+                                            {"max_per_code": max_per_code}))
+        return idx
+
+    if distributed:
+        rank, keys, x = _join_job(keys, x)
         try:
-            idx = SemanticIdIndex.open(db, index_name)
-        except IndexNotFoundError:
-            pass
-    if idx is None:  # create it, or check that the existing one has the shape asked for
-        idx = SemanticIdIndex.create(db, index_name, n_levels=levels,
-                                     codebook_size=_sizes(codebook_size, levels),
-                                     exist_ok=True, seed=seed,
-                                     **({} if balance is None else {"balance": balance}),
-                                     **({} if max_per_code is None else
-                                        {"max_per_code": max_per_code}))
-    with idx:
-        idx.fit(keys, x, warm_start=warm_start, progress=_progress())
-        s = idx.stats()
+            with _rank_first(rank):
+                idx = open_index()
+            with idx:
+                idx.fit(keys, x, warm_start=warm_start, progress=_progress() and rank == 0,
+                        distributed=True)
+                s = idx.stats()
+        finally:
+            _leave_job()
+        if rank:
+            return
+    else:
+        with open_index() as idx:
+            idx.fit(keys, x, warm_start=warm_start, progress=_progress())
+            s = idx.stats()
     out = {"index": s.name, "version": s.version, "n_items": s.n_items, "dim": s.dim,
            "codebook_sizes": list(s.codebook_sizes), "collided_share": s.collided_share,
            "suffixed_share": s.suffixed_share, "seconds": round(time.perf_counter() - t, 3)}
@@ -183,6 +206,48 @@ def add(db, index_name, as_json, embeddings, keys_file, key_column, column, row_
     click.echo(f"{_n(len(ids), 'item')} assigned IDs in version {version}")
     if len(ids) <= 20:
         click.echo(io.table(["key", "id"], [[k, str(i)] for k, i in zip(keys, ids)]))
+
+
+def _join_job(keys, x):
+    """Join the torchrun job (gloo; gloo and NCCL when CUDA is there) and keep this rank's
+    contiguous part of the rows: (rank, keys, x)."""
+    import os
+
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        _fail("--distributed runs as one rank of a torchrun job (RANK and WORLD_SIZE are not "
+              "set): torchrun --nproc-per-node N -m semid_index fit ... --distributed")
+    if len(keys) != x.shape[0]:
+        _fail(f"{len(keys):,} keys for {x.shape[0]:,} embedding rows")
+    import torch
+    import torch.distributed as dist
+
+    backend = "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "cpu:gloo,cuda:nccl"
+    dist.init_process_group(backend)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    lo, hi = x.shape[0] * rank // world, x.shape[0] * (rank + 1) // world
+    return rank, keys[lo:hi], x[lo:hi]
+
+
+@contextlib.contextmanager
+def _rank_first(rank: int):
+    """Rank 0 runs the block before the others (it creates the index they then open)."""
+    from .quantize._dist import barrier
+
+    if rank:
+        barrier()
+    yield
+    if not rank:
+        barrier()
+
+
+def _leave_job() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _shard(text: str) -> tuple[int, int]:

@@ -29,6 +29,7 @@ The tree::
         SchemaError                 schema too old, too new, or not semid_index's (RuntimeError)
         StoreClosedError            used after close() (RuntimeError)
         StaleTableError             a decoding table of another version than the active one
+        DistributedError            a distributed fit failed on another rank, or left it
         StoreError                  the database failed an operation (RuntimeError)
             LockTimeoutError        waited too long for another writer's lock
             ReadOnlyDatabaseError   a write on a database opened or mounted read-only
@@ -45,6 +46,7 @@ __all__ = [
     "CorruptBlobError",
     "DataUnavailableError",
     "DimensionMismatchError",
+    "DistributedError",
     "DuplicateKeyError",
     "EmptyInputError",
     "IndexExistsError",
@@ -179,6 +181,12 @@ class StoreClosedError(SemanticIdError, RuntimeError):
 class StaleTableError(SemanticIdError, RuntimeError):
     """A decoding table built from another codebook version than the index's active one
     (rebuild it: ``DecodingTable.from_index`` or ``table.refresh(index)``)."""
+
+
+class DistributedError(SemanticIdError, RuntimeError):
+    """A distributed (torch.distributed) fit failed: another rank raised an error (named in the
+    message), died, or left; or the ranks disagree (different dims, seeds or options). No rank
+    keeps a partial model and nothing is written."""
 
 
 class StoreError(SemanticIdError, RuntimeError):

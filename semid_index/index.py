@@ -220,7 +220,8 @@ class SemanticIdIndex(IndexModel):
 
     # ================================================================== writes
     def fit(self, keys, embeddings, *, model: "ResidualKMeans | None" = None,
-            warm_start: bool = False, progress: bool | None = None) -> "SemanticIdIndex":
+            warm_start: bool = False, progress: bool | None = None,
+            distributed=False) -> "SemanticIdIndex":
         """Train on the catalog, give every item an ID, store it all as a new active version.
 
         keys : N distinct item keys (str or int). embeddings : (N, D) floats (numpy array or
@@ -236,9 +237,27 @@ class SemanticIdIndex(IndexModel):
 
         One transaction: on any error the database is exactly as before. Items colliding on all
         L codes get suffixes 0, 1, ... in input order. Earlier versions stay readable.
+
+        distributed : False, True (the default torch.distributed group) or a process group.
+        The bulk first fit of a catalog too large for one process: every rank of the job calls
+        ``fit`` on the same index with *its own shard* of the keys and embeddings (the shards in
+        rank order make up the catalog). Training is data-parallel (see
+        :meth:`ResidualKMeans.fit`), every rank encodes its items, and rank 0 stores them all
+        in one transaction (one COPY on PostgreSQL). Every rank returns with the same active
+        version, or raises (:class:`~semid_index.DistributedError` on the ranks where another
+        one failed) with nothing written. Every rank opens the index, so with SQLite the ranks
+        share one file; across machines use PostgreSQL. Not with ``max_per_code``.
         """
         from .quantize import ResidualKMeans
         from .quantize._data import validated
+        from .quantize._dist import group as _group
+
+        group = _group(distributed)
+        if group is not None:
+            from ._fit_dist import fit_distributed
+
+            fit_distributed(self, keys, embeddings, model, warm_start, progress, group)
+            return self
 
         keys = _inputs.item_keys(keys)
         x = _inputs.embeddings(embeddings, len(keys), keys=keys)

@@ -4,10 +4,14 @@ reassignment. Pure PyTorch; callers pass valid float32 tensors."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from ._kernels import Codebook, row_sq_norms, skinny_scores, sq_dists
+
+if TYPE_CHECKING:
+    from ._dist import Shard
 
 #: A centroid with no point while this many rows per centroid went by is dead.
 REASSIGN_WINDOW = 50
@@ -89,7 +93,8 @@ class KMeansLevel:
 
     # --- mini-batch step -------------------------------------------------------------------
     def step(self, x: torch.Tensor, labels: torch.Tensor, dist: torch.Tensor,
-             generator: torch.Generator, reassign: bool) -> float:
+             generator: torch.Generator, reassign: bool, shard: "Shard | None" = None,
+             sel: torch.Tensor | None = None, n_batch: int | None = None) -> float:
         """Running-mean update with batch x (B, D) and its labels (B,); returns the centre shift.
 
         With ``reassign``, a centroid that has received no point at all while ``reassign_window``
@@ -97,35 +102,57 @@ class KMeansLevel:
         probability proportional to that point's squared distance ``dist`` (B,) to its centroid
         (a poorly served region), with its count back at zero, so the code comes back into use
         instead of wasting ID space. Rare but real clusters (one outlier) keep their centroid.
+
+        Distributed (``shard``): x is this rank's part of a global batch of ``n_batch`` rows, at
+        indices ``sel`` of it; sums and counts are added up over the ranks, so every rank makes
+        the same update.
         """
         k = self.k
         n_k = torch.bincount(labels, minlength=k)
-        sums = torch.zeros_like(self.centroids).index_add_(0, labels, x)
+        # float64 sums: the same whichever way the batch is split over ranks
+        sums = torch.zeros(self.centroids.shape, dtype=torch.float64,
+                           device=x.device).index_add_(0, labels, x.double())
+        if shard is not None:
+            shard.sum_(n_k)
+            shard.sum_(sums)
         seen = n_k > 0
         self.counts += n_k
         old = self.centroids[seen]
-        rate = (1.0 / self.counts[seen]).to(x.dtype).unsqueeze(1)
+        rate = (1.0 / self.counts[seen]).unsqueeze(1)
         # c <- c + (sum - n c) / N_total   ==   (N_prev c + sum) / N_total
-        new = old + (sums[seen] - n_k[seen].to(x.dtype).unsqueeze(1) * old) * rate
+        new = (old.double() + (sums[seen] - n_k[seen].double().unsqueeze(1) * old.double())
+               * rate).to(old.dtype)
         self.centroids[seen] = new
         shift = float(((new - old) ** 2).sum())
-        self.n_seen += x.shape[0]
+        self.n_seen += x.shape[0] if n_batch is None else n_batch
         if reassign:
-            self._reassign_dead(x, dist, generator)
+            self._reassign_dead(x, dist, generator, shard, sel,
+                                x.shape[0] if n_batch is None else n_batch)
         self._changed()
         return shift
 
-    def _reassign_dead(self, x, dist, generator):
+    def _reassign_dead(self, x, dist, generator, shard, sel, n_batch):
         dead = (self.counts == 0) & (self.n_seen - self.born >= self.reassign_window)
-        n_dead = min(int(dead.sum()), x.shape[0] // 2)
+        n_dead = min(int(dead.sum()), n_batch // 2)
         if n_dead == 0:
             return
         idx = dead.nonzero()[:, 0][:n_dead]
-        weights = dist.double().cpu()
+        if shard is None or sel is None:
+            weights = dist.double().cpu()
+        else:  # the whole batch's distances, in batch order, on every rank
+            weights = shard.assemble(n_batch, sel, dist.double().cpu())
         if float(weights.sum()) <= 0:
             weights = torch.ones_like(weights)
         picks = torch.multinomial(weights, n_dead, replacement=False, generator=generator)
-        self.reseed(idx, x[picks.to(x.device)])
+        if shard is None or sel is None:
+            rows = x[picks.to(x.device)]
+        else:  # the picked rows, from the ranks holding them
+            at = torch.full((n_batch,), -1, dtype=torch.int64)
+            at[sel] = torch.arange(sel.numel())
+            mine = (at.index_select(0, picks) >= 0).nonzero()[:, 0]
+            rows = shard.assemble(n_dead, mine, x.index_select(
+                0, at.index_select(0, picks.index_select(0, mine)).to(x.device)))
+        self.reseed(idx, rows)
 
     # --- Lloyd support ----------------------------------------------------------------------
     def reseed(self, idx: torch.Tensor, rows: torch.Tensor) -> None:

@@ -9,6 +9,7 @@ import torch
 
 from ..errors import ConfigError
 from ._balance import PRICE_FLOATS, balanced_prices
+from ._dist import Shard
 from ._kernels import block_rows, row_sq_norms, scores
 
 #: Balanced Lloyd: auction rounds per iteration (the prices carry over, so a few suffice until
@@ -32,13 +33,13 @@ class LloydResult:
     converged: bool
 
 
-def _sums(x: torch.Tensor, lab: torch.Tensor, k: int, rows: int = 1 << 16) -> torch.Tensor:
-    """Per-centroid sums of rows, fp32 per block of ``rows`` and fp64 across blocks: (K, D)
-    float64."""
+def _sums(x: torch.Tensor, lab: torch.Tensor, k: int, rows: int = 1 << 12) -> torch.Tensor:
+    """Per-centroid sums of rows (blocks of ``rows``) in float64: (K, D) float64. float64
+    makes them independent of how the rows are split (into blocks, or over the ranks of a
+    distributed fit) far below float32 resolution, so the centroids come out the same."""
     out = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
     for a in range(0, x.shape[0], rows):
-        out += torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(
-            0, lab[a:a + rows], x[a:a + rows])
+        out.index_add_(0, lab[a:a + rows], x[a:a + rows].double())
     return out
 
 
@@ -66,7 +67,7 @@ def _inertia(xsq: float, centroids: torch.Tensor, sums: torch.Tensor, counts: to
 
 def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = None,
           balance: float | None = None, parent: torch.Tensor | None = None,
-          n_groups: int = 1, cap: int | None = None) -> LloydResult:
+          n_groups: int = 1, cap: int | None = None, shard: Shard | None = None) -> LloydResult:
     """Up to ``n_iter`` exact Lloyd iterations of ``level`` on x (n, D), stopping once one lowers
     the inertia by less than ``tol`` (relative). A code left empty is re-seeded on the row farthest
     from its centroid, so it is used again.
@@ -82,13 +83,20 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = No
     prices, raised only where a pair overflows, and solved only on the rows of parent codes
     that have an overflowing pair (nearest-centroid assignment everywhere else), so a cap that
     binds in a few places costs little. Not with ``balance``.
+
+    Distributed (``shard``): x is this rank's part of the rows; sums, counts and the inertia are
+    added up over the ranks (every rank takes the same decisions) and the labels returned are
+    the local rows'. Neither ``balance`` nor ``cap`` (their price auction needs every row).
     """
     k = level.k
     n = x.shape[0]
     if balance is not None and cap is not None:
         raise ConfigError("a level is balanced or capped, not both")
+    if shard is not None and shard.distributed and (balance is not None or cap is not None):
+        raise ConfigError("a distributed fit takes neither balance nor max_per_code")
+    one = Shard(n) if shard is None else shard
     rows = block_rows(k, rows)  # score blocks of up to 16 MiB: few, large GEMMs
-    xsq = float(row_sq_norms(x).double().sum())
+    xsq = one.total(float(row_sq_norms(x).double().sum()))
     m = n if balance is None else min(n, max(k, PRICE_FLOATS // k))
     # the rows the prices are solved on: all, or a systematic sample of m spread over x
     sub = None if m == n else (torch.arange(m, device=x.device) * n) // m
@@ -139,27 +147,36 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = No
               m_hot / idx.numel())
         return nearest()
 
+    def total(local_sums: torch.Tensor) -> torch.Tensor:  # all ranks' sums (local kept)
+        return one.sum_(local_sums.clone()) if one.distributed else local_sums
+
+    def counted(lab: torch.Tensor) -> torch.Tensor:
+        return one.sum_(torch.bincount(lab, minlength=k).double())
+
     lab = assign()
     sums = _sums(x, lab, k)
     prev = math.inf
     done = 0
     converged = False
     for _ in range(n_iter):
-        counts = torch.bincount(lab, minlength=k).double()
-        inertia = _inertia(xsq, level.centroids, sums, counts)
-        level.move_to_means(sums, counts)  # never raises the inertia
+        counts = counted(lab)
+        all_sums = total(sums)
+        inertia = _inertia(xsq, level.centroids, all_sums, counts)
+        level.move_to_means(all_sums, counts)  # never raises the inertia
         empty = (counts == 0).nonzero()[:, 0]
         if empty.numel():
             _, dist = level.book.nearest(x, with_dist=True, parent=parent)
-            level.reseed(empty, x.index_select(0, dist.topk(min(empty.numel(), len(x))).indices))
+            far = one.top(dist, min(empty.numel(), one.n))
+            level.reseed(empty, one.rows(x, far.to(x.device) if one.pos is None else far))
         before = lab
         lab = assign()
         sums, n_changed = _update_sums(sums, x, before, lab, k)
+        n_changed = one.count(n_changed)
         done += 1
         # priced: the prices move the inertia a little every iteration, so also stop once
         # hardly any row changes code (a cap that never bound leaves plain Lloyd)
         settled = (balance is not None or level.price is not None) and \
-            n_changed <= SETTLED * n
+            n_changed <= SETTLED * one.n
         if empty.numel() == 0 and (abs(prev - inertia) <= tol * inertia or settled):
             converged = True
             break
@@ -168,6 +185,6 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = No
         before = lab
         lab = assign(FINAL_ROUNDS)
         sums, _ = _update_sums(sums, x, before, lab, k)
-    counts = torch.bincount(lab, minlength=k).double()
-    inertia = _inertia(xsq, level.centroids, sums, counts)
+    counts = counted(lab)
+    inertia = _inertia(xsq, level.centroids, total(sums), counts)
     return LloydResult(lab, counts, max(inertia, 0.0), done, converged)

@@ -12,9 +12,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .._inputs import MODEL_OPTIONS, hierarchy, model_options
-from ..errors import (ConfigError, DimensionMismatchError, EmptyInputError, NotFittedError,
-                      TooFewItemsError)
+from ..errors import (ConfigError, DimensionMismatchError, DistributedError, EmptyInputError,
+                      NotFittedError, TooFewItemsError)
 from ._data import Source, as_float_tensor, check_batch, make_source
+from ._dist import Shard, abandon as _abandon, agree, group as _group, options_digest as _options_digest, rank as _rank
 from ._kernels import Codebook, Encoder, normalize_rows_, row_sq_norms
 from ._kmeans import REASSIGN_WINDOW, KMeansLevel, kmeans_plusplus
 from ._inference import CodesMixin
@@ -256,7 +257,7 @@ class ResidualKMeans(CodesMixin):
                 "or build it with ResidualKMeans.from_codebooks()")
 
     # ------------------------------------------------------------------ training
-    def fit(self, X, y=None) -> "ResidualKMeans":
+    def fit(self, X, y=None, *, distributed=False) -> "ResidualKMeans":
         """Train every level on X and return self.
 
         X: (N, D) ``torch.Tensor`` / ``numpy.ndarray`` (any real dtype, converted to float32 per
@@ -264,12 +265,27 @@ class ResidualKMeans(CodesMixin):
         re-iterable of (B, D) batches (a list, a DataLoader, or a callable returning an iterator).
         Needs N >= max(codebook_size). Training runs on a uniform sample of ``train_size`` rows;
         a failed fit leaves the previous model untouched.
+
+        distributed : False, True (the default torch.distributed process group) or a process
+        group. Data-parallel training: every rank of an initialised group calls ``fit`` with
+        the same options and *its own shard* of the rows (an array, a memmap slice or a
+        ``.npy`` path; the shards in rank order make up the catalog, and may differ in size).
+        Each rank reads only its rows of the training sample; every step adds up per-centroid
+        sums and counts over the ranks with ``all_reduce``, so every rank ends with the same
+        codebooks, equal to one process's fit of the concatenated rows up to float rounding
+        (see the README's "Beyond one machine"). An error on any rank (bad rows, a dead peer)
+        raises on every rank (:class:`~semid_index.DistributedError` where another rank
+        failed) and leaves every model as it was. Not with ``balance``, ``max_per_code`` or
+        GRID mode.
         """
         sizes = self._check_params()
+        group = _group(distributed)
         src = make_source(X)
         saved = dict(self.__dict__)
         try:
-            return self._fit(src, sizes)
+            if group is None:
+                return self._fit(src, sizes)
+            return self._fit_distributed(src, sizes, group)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(saved)  # a failed fit leaves the previous model as it was
@@ -307,16 +323,89 @@ class ResidualKMeans(CodesMixin):
             # one uniform sample in random order (any prefix of it is uniform too) trains every
             # level: the first init_n rows seed it, mini-batches and Lloyd run over all of it
             x = src.sample(train_n, gen).to(self._device)
-            self._variance = float(x.var(0).mean()) if x.shape[0] > 1 else 1.0
+        self._shard = Shard(x.shape[0])
         self._caps = _level_caps(self.max_per_code if self.train_layer_wise else None, sizes,
                                  x.shape[0], src.n_rows)
+        return self._train(x, init_n, gen, inits)
+
+    def _train(self, x: torch.Tensor, init_n: int, gen, inits) -> "ResidualKMeans":
+        """Train every level on x (this process's rows of the training matrix, ``_shard``)."""
+        if not self._exact:
+            self._variance = _variance(x, self._shard)
         if self.train_layer_wise:
-            for lv in range(len(sizes)):
+            for lv in range(len(self.codebook_sizes_)):
                 self._fit_level(lv, x, init_n, gen, None if inits is None else inits[lv])
         else:
             self._fit_joint(x, init_n, gen)
         self._finish()
         return self
+
+    def _fit_distributed(self, src: Source, sizes: list[int], group) -> "ResidualKMeans":
+        """fit() on this rank's shard: see ``distributed`` there."""
+        gen = torch.Generator().manual_seed(int(self.seed))
+
+        def check() -> list[int]:
+            if self.mode == "grid" or self.balance is not None or self.max_per_code is not None:
+                raise ConfigError("a distributed fit takes neither balance, max_per_code nor "
+                                  "GRID mode (their steps need every row in one process)")
+            if src.n_rows is None:
+                raise ConfigError("a distributed fit reads its training rows by position: give "
+                                  "each rank an array, a memmap or a .npy path, not an "
+                                  "iterable of batches")
+            if self.check_input and not src.checked:
+                for _ in src.chunks(1 << 16, copy=False):
+                    pass
+            return [src.n_rows, -1 if src.dim is None else src.dim, int(self.seed) % (1 << 62),
+                    _options_digest(self, sizes)]
+
+        info = agree(group, check)
+        n_rows = [int(v) for v in info[:, 0]]
+        dims = sorted({int(v) for v in info[:, 1]} - {-1})
+        if len(dims) > 1:
+            raise DimensionMismatchError(f"the ranks' embeddings have different dims: "
+                                         f"{[int(v) for v in info[:, 1]]} (rank order)")
+        if len({tuple(r[2:].tolist()) for r in info}) > 1:
+            raise DistributedError(f"the ranks were given different seeds or options (seeds "
+                                   f"{[int(v) for v in info[:, 2]]} in rank order); every rank "
+                                   "must build the same ResidualKMeans")
+        n = sum(n_rows)
+        if n == 0:
+            raise EmptyInputError("embeddings are empty: no rank has a row")
+        if n < max(sizes):
+            level = sizes.index(max(sizes)) + 1
+            raise TooFewItemsError(
+                f"need at least {max(sizes)} items for codebook size {max(sizes)} at level "
+                f"{level}, got {n} on {len(n_rows)} ranks ({n_rows})")
+        dim = dims[0]
+        rank = _rank(group)
+        lo, mine = sum(n_rows[:rank]), n_rows[rank]
+        self._reset(dim, sizes)
+        self._exact = self._exact_regime(n, max(sizes), dim)
+        train_n = n if self._exact else \
+            min(n, self.train_size or _default_train_size(max(sizes), dim))
+        init_n = min(train_n, self.init_size or _default_init_size(max(sizes), dim))
+        inits = self._initial_books(sizes, dim)
+        if self._exact:  # every row in storage order, as in one process
+            x = src.materialize() if mine else torch.empty(0, dim)
+            pos = torch.arange(lo, lo + mine)
+            self._init_rows = torch.randperm(n, generator=gen)[:init_n]
+        else:  # this rank's rows of the one uniform sample, in sample order
+            perm = torch.randperm(n, generator=gen)[:train_n]
+            pos = ((perm >= lo) & (perm < lo + mine)).nonzero()[:, 0]
+            order = (perm.index_select(0, pos) - lo).sort()
+            x = src._take(order.values.numpy())[torch.argsort(order.indices)] if pos.numel() \
+                else torch.empty(0, dim)
+        self._shard = Shard(train_n, pos, group, distributed=True)
+        self._caps = {}
+        try:
+            return self._train(x.to(self._device), init_n, gen, inits)
+        except DistributedError:
+            raise  # the group failed under us: nothing left to tell the others
+        except BaseException:
+            # failing here alone (interrupted, out of memory): the other ranks wait in a
+            # collective this rank will not join; leaving the group ends their wait at once
+            _abandon(group)
+            raise
 
     def _exact_regime(self, n: int, k: int, dim: int) -> bool:
         """Whether fit() trains by exact Lloyd on all n rows (see ``exact_work``)."""
@@ -369,6 +458,7 @@ class ResidualKMeans(CodesMixin):
         self.history_: list[FitLog] = []
         self._exact = False  # fit() decides (exact Lloyd on all rows, or mini-batch)
         self._init_rows = None  # exact regime: the k-means++ rows (set by _fit)
+        self._shard = Shard(0)  # the rows of the training matrix this process holds
         self._caps = {}  # training caps under max_per_code (set by _fit)
 
     def _finish(self) -> None:
@@ -381,6 +471,7 @@ class ResidualKMeans(CodesMixin):
         self.__dict__.pop("_parent", None)
         self.__dict__.pop("_init_prices", None)
         self.__dict__.pop("_init_rows", None)
+        self.__dict__.pop("_shard", None)
         self.residual_scales_ = torch.tensor(self._scales, dtype=torch.float64)
         self._books = [Codebook(c, p) for c, p in zip(self.codebooks_, self.prices_)]
         self._encoder = Encoder(self._books, self.normalize_residuals)
@@ -392,12 +483,17 @@ class ResidualKMeans(CodesMixin):
         self._levels[lv] = level
         return level
 
-    def _batches(self, x: torch.Tensor, gen: torch.Generator) -> Iterator[torch.Tensor]:
-        """Mini-batches of x in a fresh random order, for ever (epoch after epoch)."""
+    def _batches(self, x: torch.Tensor, gen: torch.Generator) -> Iterator[tuple]:
+        """Mini-batches of the training matrix in a fresh random order, for ever (epoch after
+        epoch): (this process's rows of the batch, their indices in it or None for all, the
+        batch's size)."""
+        shard = self._shard
         while True:
-            perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
-            for a in range(0, x.shape[0], self.batch_size):
-                yield x.index_select(0, perm[a:a + self.batch_size])
+            perm = torch.randperm(shard.n, generator=gen)
+            for a in range(0, shard.n, self.batch_size):
+                sel, loc = shard.local(perm[a:a + self.batch_size])
+                yield x.index_select(0, loc.to(x.device)), sel, \
+                    min(self.batch_size, shard.n - a)
 
     def _step_budget(self, n_rows: int, k: int) -> int:
         cap = self.max_steps if self.max_steps is not None else \
@@ -411,7 +507,8 @@ class ResidualKMeans(CodesMixin):
         """Layer-wise: seed level lv on x (its input rows) or start it at ``init``, mini-batch
         steps (not in the exact regime, nor from ``init``), Lloyd iterations; x is then advanced
         in place to the next level's input."""
-        self._n_train = x.shape[0]
+        shard = self._shard
+        self._n_train = shard.n
         self._normalize_input(lv, x)
         if init is not None:
             level = KMeansLevel(init)
@@ -422,23 +519,23 @@ class ResidualKMeans(CodesMixin):
             self._levels[lv] = level
         else:
             rows = getattr(self, "_init_rows", None)
-            level = self._seed_level(lv, x[:init_n] if rows is None else x.index_select(0, rows),
-                                     gen)
+            level = self._seed_level(lv, shard.rows(x, torch.arange(init_n) if rows is None
+                                                    else rows), gen)
         if init is not None or getattr(self, "_exact", False):
             self._polish_level(lv, x, 0, False)
             return
-        budget = self._step_budget(x.shape[0], level.k)
-        stopper = _EarlyStop(self, x.shape[0])
+        budget = self._step_budget(shard.n, level.k)
+        stopper = _EarlyStop(self, shard.n)
         steps = 0
         with tqdm(total=budget, desc=f"level {lv + 1}/{len(self.codebook_sizes_)}",
                   unit="step", disable=not self.verbose, leave=False) as bar:
-            for batch in self._batches(x, gen):
+            for batch, sel, size in self._batches(x, gen):
                 if steps >= budget or stopper.stopped:
                     break
                 lab, dist = level.book.nearest(batch, with_dist=True)
-                shift = level.step(batch, lab, dist, gen, self.reassign_empty)
+                shift = level.step(batch, lab, dist, gen, self.reassign_empty, shard, sel, size)
                 steps += 1
-                stopper.update(float(dist.mean()), shift)
+                stopper.update(shard.total(float(dist.double().sum())) / size, shift)
                 bar.update()
         self._polish_level(lv, x, steps, stopper.stopped)
 
@@ -447,7 +544,7 @@ class ResidualKMeans(CodesMixin):
         mean norm before normalisation."""
         if self.normalize_residuals:
             total = sum(float(normalize_rows_(blk).double().sum()) for blk in _blocks(x, _BLOCK))
-            self._scales[lv] = total / x.shape[0]
+            self._scales[lv] = self._shard.total(total) / self._shard.n
 
     def _polish_level(self, lv: int, x: torch.Tensor, steps: int, converged: bool) -> None:
         """Lloyd iterations on x (which re-seed empty codes), then x -= its centroids."""
@@ -462,7 +559,7 @@ class ResidualKMeans(CodesMixin):
         res = lloyd(level, x, n_iter, tol, balance=_level_balance(self.balance, lv),
                     parent=parent, n_groups=self.codebook_sizes_[lv - 1] if lv else 1,
                     cap=None if _level_balance(self.balance, lv) is not None else
-                    self._caps.get(lv))
+                    self._caps.get(lv), shard=self._shard)
         self._parent = res.labels
         level.counts = res.counts.clone()
         c = level.centroids
@@ -479,23 +576,24 @@ class ResidualKMeans(CodesMixin):
 
     def _fit_joint(self, x: torch.Tensor, init_n: int, gen) -> None:
         """Joint training: seed all levels on the sample, then update every level per batch."""
-        self._n_train = x.shape[0]
-        r = x[:init_n].clone()
+        shard = self._shard
+        self._n_train = shard.n
+        r = shard.rows(x, torch.arange(init_n)).clone()
         for lv in range(len(self.codebook_sizes_)):
             if self.normalize_residuals:
                 normalize_rows_(r)
             level = self._seed_level(lv, r, gen)
             r.sub_(level.centroids.index_select(0, level.book.nearest(r)))
         del r
-        budget = self._step_budget(x.shape[0], max(self.codebook_sizes_))
-        stopper = _EarlyStop(self, x.shape[0])
+        budget = self._step_budget(shard.n, max(self.codebook_sizes_))
+        stopper = _EarlyStop(self, shard.n)
         steps = 0
-        for batch in self._batches(x, gen):
+        for batch, sel, size in self._batches(x, gen):
             if steps >= budget or stopper.stopped:
                 break
-            shift, resid = self._partial_step(batch, None, gen)
+            shift, resid = self._partial_step(batch, None, gen, (shard, sel, size))
             steps += 1
-            stopper.update(float(row_sq_norms(resid).mean()), shift)
+            stopper.update(shard.total(float(row_sq_norms(resid).double().sum())) / size, shift)
         # polish level by level: each level's Lloyd result fixes the next level's input
         for lv in range(len(self._levels)):
             self._normalize_input(lv, x)
@@ -549,9 +647,10 @@ class ResidualKMeans(CodesMixin):
             self._finish()
         return self
 
-    def _partial_step(self, x: torch.Tensor, level: int | None, gen):
+    def _partial_step(self, x: torch.Tensor, level: int | None, gen, part: tuple = (None,) * 3):
         """One streaming update with x (B, D), which is overwritten: every level (``level=None``)
-        or only ``level``; a level not seeded yet buffers the rows instead.
+        or only ``level``; a level not seeded yet buffers the rows instead. ``part``: (shard,
+        indices of x in the batch, batch size) when x is this rank's part of a batch.
 
         Returns (summed centre shift, residual after the last level updated).
         """
@@ -570,7 +669,7 @@ class ResidualKMeans(CodesMixin):
             lab, dist = state.book.nearest(x, with_dist=True)
             resid = x - state.centroids.index_select(0, lab)
             if level is None or lv == level:
-                shift += state.step(x, lab, dist, gen, self.reassign_empty)
+                shift += state.step(x, lab, dist, gen, self.reassign_empty, *part)
             x = resid
         return shift, x
 
@@ -706,6 +805,20 @@ def _default_init_size(k: int, dim: int) -> int:
 def _default_train_size(k: int, dim: int) -> int:
     """Rows of the training sample: up to 512 per centroid, at most 256 MiB of float32."""
     return int(max(k, min(512 * k, (256 << 20) // (4 * max(dim, 1)))))
+
+
+def _variance(x: torch.Tensor, shard: Shard) -> float:
+    """Mean per-column variance of the training matrix (its local rows x, (n_local, D)), from
+    float64 column sums added up over the ranks; 1.0 for fewer than 2 rows."""
+    if shard.n < 2:
+        return 1.0
+    s = torch.zeros(2, x.shape[1], dtype=torch.float64)
+    for blk in _blocks(x, _BLOCK):
+        b = blk.double()
+        s[0] += b.sum(0).cpu()
+        s[1] += (b * b).sum(0).cpu()
+    shard.sum_(s)
+    return float(((s[1] - s[0] * s[0] / shard.n) / (shard.n - 1)).mean())
 
 
 def _blocks(x: torch.Tensor, rows: int) -> Iterator[torch.Tensor]:

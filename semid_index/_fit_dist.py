@@ -1,0 +1,113 @@
+"""SemanticIdIndex.fit across the ranks of a torch.distributed job (the bulk first fit).
+
+Every rank trains on its shard (data-parallel, :meth:`ResidualKMeans.fit` with ``distributed``),
+encodes its own items, and sends codes, fingerprints and keys to rank 0, which stores the version
+in one transaction (one COPY on PostgreSQL). Every rank returns the same outcome: the version, or
+an error (its own, or :class:`~semid_index.DistributedError` naming the rank that failed).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from . import _inputs
+from ._index_model import reconstruction
+from .errors import ConfigError, NotFittedError
+from .quantize._dist import Shard, _pg, agree, rank as _rank
+
+log = logging.getLogger("semid_index")
+
+
+def fit_distributed(index, keys, embeddings, model, warm_start: bool, progress, group) -> int:
+    """Fit ``index`` on this rank's ``keys`` and ``embeddings`` (its shard); returns the new
+    active version (the same on every rank)."""
+    from .quantize import ResidualKMeans
+    from .quantize._data import validated
+
+    state: dict = {}
+
+    def check() -> list[int]:
+        k = _inputs.item_keys(keys)
+        x = _inputs.embeddings(embeddings, len(k), keys=k)
+        rec = index._refresh()
+        if rec.options.get("max_per_code") is not None:
+            raise ConfigError(f"index {index.name!r} has max_per_code: a distributed fit cannot "
+                              "relocate (it needs every item's distances in one process); fit "
+                              "in one process, or use an index without it")
+        if model is None and warm_start and rec.active_version is None:
+            raise NotFittedError(f"warm_start needs a fitted version; index {index.name!r} "
+                                 "has none yet")
+        if model is not None:
+            index._check_model(model, x.shape[1])
+        state.update(keys=k, x=x, rec=rec)
+        return [len(k)]
+
+    agree(group, check)
+    k, x, rec = state["keys"], state["x"], state["rec"]
+    fitted = model
+    if fitted is None:
+        opts = _inputs.quantizer_options(rec.options)
+        if warm_start:
+            opts["init"] = index.model
+        fitted = ResidualKMeans(rec.n_levels, list(rec.codebook_sizes), **opts,
+                                verbose=bool(progress) and _rank(group) == 0)
+        fitted.fit(validated(x), distributed=group)
+    codes, fps = index._encode(fitted, x, progress and _rank(group) == 0)
+    shard = Shard(0, None, group, distributed=True)
+    err = reconstruction(fitted, x, codes) if len(x) else {"sq_error": 0.0, "sq_norm": 0.0}
+    sums = shard.sum_(torch.tensor([err["sq_error"], err["sq_norm"]], dtype=torch.float64))
+    fit_stats: dict = {"warm_start": bool(warm_start), "sq_error": float(sums[0]),
+                       "sq_norm": float(sums[1]),
+                       "relative_error": float(sums[0]) / max(float(sums[1]), 1e-30),
+                       "ranks": int(shard.gather(torch.zeros(1)).shape[0])}
+    all_keys, all_codes, all_fps = _to_rank0(shard, k, codes, fps)
+
+    def store() -> list[int]:
+        if _rank(group) != 0:
+            return [0]
+        merged = _inputs.item_keys(all_keys)  # one key on two ranks: DuplicateKeyError here
+        version = index._store_version(fitted, merged, all_codes, all_fps, progress, fit_stats)
+        log.info("index %r: version %d active with %d items from %d ranks", index.name,
+                 version, len(merged), fit_stats["ranks"])
+        return [version]
+
+    version = int(agree(group, store)[0, 0])
+    index._refresh()
+    index._model_cache = (version, fitted)
+    return version
+
+
+def _to_rank0(shard: Shard, keys: list[str], codes: np.ndarray, fps: np.ndarray):
+    """Every rank's keys, codes (n, L) and fingerprints (n,), concatenated in rank order on
+    rank 0 (None elsewhere). Keys travel as one NUL-separated UTF-8 blob (keys hold no NUL)."""
+    import torch.distributed as dist
+
+    blob = np.frombuffer("\0".join(keys).encode(), dtype=np.uint8)
+    sizes = shard.gather(torch.tensor([len(keys), len(blob)], dtype=torch.int64))
+    n_max, b_max = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+    width = codes.shape[1] + 1
+    rows = torch.zeros(n_max, width, dtype=torch.int64)
+    rows[:len(keys), :-1] = torch.from_numpy(codes)
+    rows[:len(keys), -1] = torch.from_numpy(fps)
+    text = torch.zeros(b_max, dtype=torch.uint8)
+    text[:len(blob)] = torch.from_numpy(blob.copy())
+    root = _rank(shard.group) == 0
+    world = sizes.shape[0]
+    row_parts = [torch.empty_like(rows) for _ in range(world)] if root else None
+    text_parts = [torch.empty_like(text) for _ in range(world)] if root else None
+    from .quantize._dist import _collective
+
+    _collective(lambda: dist.gather(rows, row_parts, dst=0, group=_pg(shard.group)))
+    _collective(lambda: dist.gather(text, text_parts, dst=0, group=_pg(shard.group)))
+    if not root:
+        return None, None, None
+    assert row_parts is not None and text_parts is not None
+    out_keys: list[str] = []
+    for (n, b), t in zip(sizes.tolist(), text_parts):
+        if n:
+            out_keys += bytes(t[:b].numpy()).decode().split("\0")
+    both = torch.cat([p[:n] for p, n in zip(row_parts, sizes[:, 0].tolist())]).numpy()
+    return out_keys, np.ascontiguousarray(both[:, :-1]), np.ascontiguousarray(both[:, -1])
