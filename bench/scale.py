@@ -13,6 +13,13 @@ process's own baseline after imports. Stages: the quantizer's streaming fit (3 x
 all N, an index fit with that model on SQLite and on PostgreSQL (encode + one COPY / bulk
 insert), prefix pages at depths 1-3 (p50 / p99), ``add`` of 100 x 1,000 items, ``code_report``
 and every export. The last table gives the 10M / 1M ratio per stage: 10 is linear.
+
+    python bench/scale.py --distributed 2 --sizes 1000000,10000000
+
+runs the quantizer fit and the index fit (SQLite) under ``torchrun --nproc-per-node 2`` (gloo,
+one thread per rank, each rank reading its contiguous part of the memmap) against one process
+with 2 threads, and reports time, each rank's peak memory, and the largest codebook difference
+and the share of identical codes (on the first 200k items) between the two.
 """
 
 from __future__ import annotations
@@ -47,10 +54,10 @@ def rss_anon_mib() -> float:
 
 def make_data(path: str, n: int, seed: int = 0) -> np.ndarray:
     """The (n, DIM) float32 mixture at ``path``, written chunk by chunk the first time."""
-    if os.path.exists(path):
+    if os.path.exists(path):  # a file with at least n rows: its first n
         x = np.load(path, mmap_mode="r")
-        if x.shape == (n, DIM):
-            return x
+        if x.ndim == 2 and x.shape[0] >= n and x.shape[1] == DIM:
+            return x[:n]
     r = np.random.default_rng(seed)
     centres = r.standard_normal((2000, DIM)).astype(np.float32) * 2
     scale = r.uniform(0.75, 1.5, 2000).astype(np.float32)
@@ -169,25 +176,122 @@ EXPORTS = [("ids", "ids.jsonl"), ("ids", "ids.npz"), ("next-codes", "next.jsonl"
            ("prefix-ngrams", "ngrams.npz")]
 
 
-def _child(fn_name, ctx, conn):
-    import torch
-
-    torch.set_num_threads(2)
-    base = rss_anon_mib()
-    peak = [base]
+def _peak_sampler():
+    """(stop, peak) of a thread sampling this process's RssAnon every 20 ms."""
+    peak = [rss_anon_mib()]
     stop = threading.Event()
 
     def sample():
         while not stop.wait(0.02):
             peak[0] = max(peak[0], rss_anon_mib())
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
+    threading.Thread(target=sample, daemon=True).start()
+    return stop, peak
+
+
+def rank_main(args) -> None:
+    """One rank of ``--distributed``: fit its shard (quantizer, then index), write its figures."""
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    from semid_index import SemanticIdIndex
+    from semid_index.quantize import ResidualKMeans
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    n = args.rank_n
+    lo, hi = n * rank // world, n * (rank + 1) // world
+    x = np.load(args.data, mmap_mode="r")[lo:hi]
+    base = rss_anon_mib()
+    stop, peak = _peak_sampler()
+    out = {}
+    t0 = time.perf_counter()
+    model = ResidualKMeans(3, 256, seed=0).fit(x, distributed=True)
+    out["fit"] = time.perf_counter() - t0
+    out["fit_peak"] = max(peak[0], rss_anon_mib()) - base
+    base = peak[0] = rss_anon_mib()
+    if rank == 0:
+        model.save(os.path.join(args.rank_out, "model.npz"))
+    url = f"sqlite:///{os.path.join(args.rank_out, 'dist.db')}"
+    if rank == 0:
+        SemanticIdIndex.create(url, "scale", n_levels=3, codebook_size=256).close()
+    dist.barrier()
+    t0 = time.perf_counter()
+    with SemanticIdIndex.open(url, "scale") as idx:
+        idx.fit(keys_of(lo, hi), x, model=model, distributed=True, progress=False)
+    out["index_fit"] = time.perf_counter() - t0
+    stop.set()
+    out["index_peak"] = max(peak[0], rss_anon_mib()) - base
+    with open(os.path.join(args.rank_out, f"rank{rank}.json"), "w") as f:
+        json.dump(out, f)
+    dist.destroy_process_group()
+
+
+def distributed_compare(args, sizes: list[int]) -> None:
+    """``--distributed N``: torchrun with N ranks against one process, per size."""
+    import json
+    import subprocess
+
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory(dir=os.path.dirname(args.data)) as tmp:
+            ctx = {"data": args.data, "n": n, "model": os.path.join(tmp, "model.npz"),
+                   "codes": os.path.join(tmp, "codes.npy"), "tmp": tmp}
+            one_fit = run_stage("st_fit", ctx)
+            one_index = run_stage("st_index_fit", {
+                **ctx, "url": f"sqlite:///{os.path.join(tmp, 'one.db')}"})
+            t0 = time.perf_counter()
+            p = subprocess.run(
+                [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                 "--nproc-per-node", str(args.distributed), __file__, "--data", args.data,
+                 "--rank-n", str(n), "--rank-out", tmp],
+                env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if p.returncode:
+                raise SystemExit(f"torchrun failed:\n{p.stderr[-3000:]}")
+            ranks = [json.load(open(os.path.join(tmp, f"rank{r}.json")))
+                     for r in range(args.distributed)]
+            from semid_index.quantize import ResidualKMeans
+
+            a = ResidualKMeans.load(ctx["model"])
+            b = ResidualKMeans.load(os.path.join(tmp, "model.npz"))
+            diff = max(float((u - v).abs().max()) for u, v in zip(a.codebooks_, b.codebooks_))
+            sub = np.ascontiguousarray(np.load(args.data, mmap_mode="r")[:min(n, 200_000)])
+            same = float((a.encode(sub) == b.encode(sub)).all(1).float().mean())
+            rows.append((n, one_fit, one_index, ranks, wall, diff, same))
+            print(f"{n:,}: one process fit {one_fit[0]:.1f} s ({one_fit[1]:.0f} MiB), index fit "
+                  f"{one_index[0]:.1f} s ({one_index[1]:.0f} MiB); {args.distributed} ranks fit "
+                  f"{max(r['fit'] for r in ranks):.1f} s, index fit "
+                  f"{max(r['index_fit'] for r in ranks):.1f} s, peaks "
+                  f"{[(round(r['fit_peak']), round(r['index_peak'])) for r in ranks]} MiB, torchrun wall {wall:.1f} s; "
+                  f"codebooks differ by {diff:.2g}, identical codes {same:.4%}", flush=True)
+    print(f"\n| items | stage | 1 process, 2 threads | {args.distributed} ranks x 1 thread "
+          f"(slowest rank) | peak MiB: 1 process | peak MiB per rank |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for n, one_fit, one_index, ranks, wall, diff, same in rows:
+        print(f"| {n:,} | quantizer fit (3 x 256) | {one_fit[0]:.1f} s | "
+              f"{max(r['fit'] for r in ranks):.1f} s | {one_fit[1]:,.0f} | "
+              + " / ".join(f"{r['fit_peak']:,.0f}" for r in ranks) + " |")
+        print(f"| {n:,} | index fit, SQLite (encode; rank 0 loads all) | {one_index[0]:.1f} s | "
+              f"{max(r['index_fit'] for r in ranks):.1f} s | {one_index[1]:,.0f} | "
+              + " / ".join(f"{r['index_peak']:,.0f}" for r in ranks) + " |")
+        print(f"| {n:,} | codebooks: largest difference; identical codes (first 200k) | "
+              f"{diff:.2g} | {same:.4%} | | |")
+
+
+def _child(fn_name, ctx, conn):
+    import torch
+
+    torch.set_num_threads(2)
+    base = rss_anon_mib()
+    stop, peak = _peak_sampler()
     try:
         t0 = time.perf_counter()
         note = globals()[fn_name](ctx)
         dt = time.perf_counter() - t0
         stop.set()
-        t.join()
         peak[0] = max(peak[0], rss_anon_mib())
         conn.send((dt, peak[0] - base, note, None))
     except BaseException as e:  # noqa: BLE001 - reported by the parent
@@ -211,12 +315,20 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000000,10000000")
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "semid-scale.npy"))
     ap.add_argument("--pg-url", default=os.environ.get("SEMID_TEST_PG_URL"))
+    ap.add_argument("--distributed", type=int, metavar="RANKS",
+                    help="compare a torchrun fit with this many ranks to one process")
+    ap.add_argument("--rank-n", type=int, help=argparse.SUPPRESS)  # a rank of --distributed
+    ap.add_argument("--rank-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rank_n:
+        return rank_main(args)
     sizes = [int(v) for v in args.sizes.split(",")]
     t0 = time.perf_counter()
     make_data(args.data, max(sizes) + EXTRA)
     print(f"data: {max(sizes) + EXTRA:,} x {DIM} float32 at {args.data} "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    if args.distributed:
+        return distributed_compare(args, sizes)
     results: dict[tuple[int, str], tuple[float, float, str]] = {}
     for n in sizes:
         with tempfile.TemporaryDirectory(dir=os.path.dirname(args.data)) as tmp:

@@ -82,32 +82,48 @@ def fit_distributed(index, keys, embeddings, model, warm_start: bool, progress, 
 
 def _to_rank0(shard: Shard, keys: list[str], codes: np.ndarray, fps: np.ndarray):
     """Every rank's keys, codes (n, L) and fingerprints (n,), concatenated in rank order on
-    rank 0 (None elsewhere). Keys travel as one NUL-separated UTF-8 blob (keys hold no NUL)."""
+    rank 0 (None elsewhere). Keys travel as one NUL-separated UTF-8 blob (keys hold no NUL);
+    rank 0 keeps its own key objects (no second copy of them)."""
     import torch.distributed as dist
 
-    blob = np.frombuffer("\0".join(keys).encode(), dtype=np.uint8)
+    root = _rank(shard.group) == 0
+    blob = np.frombuffer(b"" if root else "\0".join(keys).encode(), dtype=np.uint8)
     sizes = shard.gather(torch.tensor([len(keys), len(blob)], dtype=torch.int64))
     n_max, b_max = int(sizes[:, 0].max()), int(sizes[:, 1].max())
-    width = codes.shape[1] + 1
-    rows = torch.zeros(n_max, width, dtype=torch.int64)
-    rows[:len(keys), :-1] = torch.from_numpy(codes)
-    rows[:len(keys), -1] = torch.from_numpy(fps)
+    n_levels = codes.shape[1]
+    # codes as int32 (codebook sizes < 2^31) and fingerprints: 4 L + 8 bytes per item
+    rows = torch.zeros(n_max, n_levels + 2, dtype=torch.int32)
+    rows[:len(keys), :n_levels] = torch.from_numpy(codes.astype(np.int32))
+    rows[:len(keys), n_levels:] = torch.from_numpy(
+        np.ascontiguousarray(fps, dtype=np.int64).view(np.int32).reshape(-1, 2))
     text = torch.zeros(b_max, dtype=torch.uint8)
     text[:len(blob)] = torch.from_numpy(blob.copy())
-    root = _rank(shard.group) == 0
     world = sizes.shape[0]
     row_parts = [torch.empty_like(rows) for _ in range(world)] if root else None
     text_parts = [torch.empty_like(text) for _ in range(world)] if root else None
     from .quantize._dist import _collective
 
     _collective(lambda: dist.gather(rows, row_parts, dst=0, group=_pg(shard.group)))
+    del rows
     _collective(lambda: dist.gather(text, text_parts, dst=0, group=_pg(shard.group)))
     if not root:
         return None, None, None
     assert row_parts is not None and text_parts is not None
-    out_keys: list[str] = []
-    for (n, b), t in zip(sizes.tolist(), text_parts):
+    out_keys: list[str] = list(keys)
+    for r in range(1, world):
+        n, b = sizes[r].tolist()
         if n:
-            out_keys += bytes(t[:b].numpy()).decode().split("\0")
-    both = torch.cat([p[:n] for p, n in zip(row_parts, sizes[:, 0].tolist())]).numpy()
-    return out_keys, np.ascontiguousarray(both[:, :-1]), np.ascontiguousarray(both[:, -1])
+            out_keys += bytes(text_parts[r][:b].numpy()).decode().split("\0")
+        text_parts[r] = text_parts[r][:0]  # free each rank's blob once decoded
+    total = int(sizes[:, 0].sum())
+    all_codes = np.empty((total, n_levels), dtype=np.int64)
+    all_fps = np.empty(total, dtype=np.int64)
+    at = 0
+    for r in range(world):  # rank by rank, each part freed once copied
+        n = int(sizes[r, 0])
+        part = row_parts[r][:n].numpy()
+        all_codes[at:at + n] = part[:, :n_levels]
+        all_fps[at:at + n] = np.ascontiguousarray(part[:, n_levels:]).view(np.int64)[:, 0]
+        row_parts[r] = row_parts[r][:0]
+        at += n
+    return out_keys, all_codes, all_fps

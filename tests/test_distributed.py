@@ -130,6 +130,9 @@ def test_cli_fit_under_torchrun_equals_one_process(db_url, tmp_path):
         for lv in range(3):
             np.testing.assert_allclose(a.model.codebooks_[lv], b.model.codebooks_[lv], atol=1e-5)
         assert b.code_report()["fit"]["ranks"] == 2
+        # the fingerprints came through: the same items again keep their IDs (no conflict)
+        some = [f"item-{i}" for i in (0, 4_999, 5_000, 9_999)]
+        assert b.add(some, x[[0, 4_999, 5_000, 9_999]]) == b.lookup_many(some)
 
 
 def test_a_rank_dying_mid_fit_fails_the_fit_and_writes_nothing(db_url, tmp_path):
@@ -166,3 +169,16 @@ def test_cli_distributed_outside_torchrun_is_a_clear_error(tmp_path):
                          db=f"sqlite:///{tmp_path / 'a.db'}", check=False)
     assert code == 1 and "torchrun" in err and "Traceback" not in err
     assert not (tmp_path / "a.db").exists()
+
+
+def test_distributed_example_runs_under_torchrun(db_url):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc-per-node", "2", os.path.join(ROOT, "examples",
+                                                              "distributed_example.py"),
+                        "--db", db_url, "--limit", "20000"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "rank 0: items 0-10,000 of 20,000; version 1 holds 20,000 items" in p.stdout
+    assert "rank 1: items 10,000-20,000 of 20,000; version 1 holds 20,000 items" in p.stdout
+    assert "codebooks identical; 100.00% of words have the same codes" in p.stdout, p.stdout
