@@ -266,6 +266,71 @@ def run_stream(n, d, threads):
 
 
 # ----------------------------------------------------------------------------- main
+def bf16_ceiling() -> float:
+    """Best bf16 GEMM throughput (GFLOP/s, 2048^3) over the routes torch has here."""
+    n = 2048
+    a, b = torch.randn(n, n).bfloat16(), torch.randn(n, n).bfloat16()
+    flops = 2 * n ** 3
+    best = flops / best_of(lambda: torch.nn.functional.linear(a, b), 5)[0] / 1e9
+    try:
+        best = max(best, flops / best_of(lambda: torch.ops.mkldnn._linear_pointwise(
+            a, b, None, "none", [], ""), 5)[0] / 1e9)
+    except Exception:  # noqa: BLE001
+        pass
+    return best
+
+
+def precision_bench(a) -> None:
+    """Encode each data set in every precision of ``--precision`` with one fitted 3 x 256 model:
+    items/s, GFLOP/s (2 D sum(K) per item), shares of the fp32 and bf16 GEMM ceilings measured
+    here, codes identical to fp32, rel MSE, and what the bf16 pass left to fp32."""
+    from semid_index.quantize import bf16_fast
+
+    precisions = a.precision.split(",")
+    f32 = max(gemm_ceiling(a.threads).values())
+    b16 = bf16_ceiling()
+    print(f"# {a.threads} threads; GEMM ceilings at 2048^3: fp32 {f32:.0f} GFLOP/s, bf16 "
+          f"{b16:.0f} GFLOP/s ({b16 / f32:.1f}x); fast bf16 here: {bf16_fast()}")
+    n = a.n_precision
+    cases = [(f"mixture {n:,} x 768", lambda: synthetic_mixture(n, 768)),
+             (f"mixture {n:,} x 256", lambda: synthetic_mixture(n, 256)),
+             ("GloVe 400k x 50", glove)]
+    rows = []
+    for name, make in cases:
+        x = make()
+        if x is None:
+            print(f"{name}: not installed, skipped")
+            continue
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        model = ResidualKMeans(a.levels, a.k, seed=0).fit(x)
+        flops = 2 * x.shape[1] * sum(model.codebook_sizes_) * len(x)
+        ref = None
+        for prec in precisions:
+            eff = model.effective_precision(prec)
+            enc = model._encoder_for(prec)
+            before = (enc.stats.rows, enc.stats.rescored, enc.stats.ties)
+            t, codes = best_of(lambda: model.encode(x, precision=prec), 3)
+            if ref is None:
+                ref = codes
+            same = float((codes == ref).all(1).float().mean())
+            rel = rel_mse(x, model.decode(codes).numpy())
+            done = enc.stats.rows - before[0]
+            rescored = (enc.stats.rescored - before[1]) / max(done, 1) / a.levels
+            ties = (enc.stats.ties - before[2]) // 3
+            rate = flops / t / 1e9
+            rows.append((name, prec if eff == prec else f"{prec} (fp32: no fast bf16)",
+                         len(x) / t, rate, rate / f32, rate / b16, same, rel,
+                         rescored if eff == "bf16" else None, ties if eff == "bf16" else None))
+            print(f"{name} {prec}: {len(x) / t:,.0f} items/s, {rate:.0f} GFLOP/s", flush=True)
+    print("\n| data | precision | items/s | GFLOP/s | of fp32 ceiling | of bf16 ceiling | "
+          "codes = fp32 | rel MSE | row-levels re-scored in fp32 | near-ties |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, prec, ips, rate, s32, s16, same, rel, resc, ties in rows:
+        print(f"| {name} | {prec} | {ips:,.0f} | {rate:.0f} | {s32:.0%} | {s16:.0%} | "
+              f"{same:.4%} | {rel:.4f} | {'-' if resc is None else f'{resc:.1%}'} | "
+              f"{'-' if ties is None else ties} |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
@@ -283,7 +348,13 @@ def main(argv=None):
                    help="also fit a 1M x 256 memmap in a child process and report its peak RSS")
     p.add_argument("--stream-rows", type=int, default=1_000_000)
     p.add_argument("--openblas-coretype", help="OPENBLAS_CORETYPE for the peers (set at start)")
+    p.add_argument("--precision", help="fp32,bf16: compare encoding precisions instead (1M x 768, "
+                   "1M x 256 mixtures and GloVe; --n-precision rows)")
+    p.add_argument("--n-precision", type=int, default=1_000_000)
     a = p.parse_args(argv)
+    if a.precision:
+        torch.set_num_threads(a.threads)
+        return precision_bench(a)
     if a.quick:
         a.n_synth, a.dim, a.k = 5000, 32, 16
     torch.set_num_threads(a.threads)

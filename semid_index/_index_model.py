@@ -43,6 +43,7 @@ class IndexModel(IndexReads):
                 books, normalize_residuals=header["normalize_residuals"],
                 residual_scales=header.get("residual_scales"), prices=prices,
                 device=rec.options.get("device", "cpu"))
+            model.precision = rec.options.get("precision", "fp32")
             self._model_cache = (version, model)
         return self._model_cache[1]
 

@@ -285,6 +285,11 @@ def _mode(v) -> bool:
     return v in ("default", "grid")
 
 
+def _precision(v) -> bool:
+    """'fp32' or 'bf16'"""
+    return v in ("fp32", "bf16")
+
+
 #: the options of ResidualKMeans an index stores, and what each must be
 MODEL_OPTIONS = {
     "normalize_residuals": _flag, "train_layer_wise": _flag, "batch_size": _int(1),
@@ -295,7 +300,7 @@ MODEL_OPTIONS = {
     "train_size": _int(1, none=True), "check_input": _flag,
     "seed": _int(-2**63, 2**64 - 1), "device": _device, "mode": _mode,
     "exact_work": _number(0), "balance": _balance,
-    "max_per_code": _int(1, 2**31 - 2, none=True),
+    "max_per_code": _int(1, 2**31 - 2, none=True), "precision": _precision,
 }
 
 

@@ -6,9 +6,11 @@ Public names:
   ``quality``;
 * :class:`QualityReport`, :class:`LevelStats`, :func:`code_statistics` - quality metrics;
 * :func:`kmeans_plusplus` - greedy k-means++ seeding;
-* :func:`set_gemm_backend`, :func:`get_gemm_backend` - CPU GEMM route for distances.
+* :func:`set_gemm_backend`, :func:`get_gemm_backend` - CPU GEMM route for distances;
+* :func:`bf16_fast`, :func:`set_bf16_fast` - whether ``precision="bf16"`` runs in bf16 here.
 """
 
+from ._bf16 import bf16_fast, set_bf16_fast
 from ._kernels import get_gemm_backend, mkldnn_available, set_gemm_backend
 from ._kmeans import kmeans_plusplus
 from ._metrics import LevelStats, QualityReport, code_statistics
@@ -24,4 +26,6 @@ __all__ = [
     "set_gemm_backend",
     "get_gemm_backend",
     "mkldnn_available",
+    "bf16_fast",
+    "set_bf16_fast",
 ]

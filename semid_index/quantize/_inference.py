@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import DimensionMismatchError, EmptyInputError, InvalidCodesError, ModelFileError
+from ._bf16 import bf16_fast, check_precision
 from ._data import DEFAULT_CHUNK_BYTES, Source, as_float_tensor, check_batch, make_source
 from ._kernels import Codebook, Encoder, normalize_rows_, sq_dists
 from ._metrics import QualityReport, code_statistics
@@ -23,6 +25,10 @@ if TYPE_CHECKING:
 
 SAVE_FORMAT = "semid_index.residual_kmeans/1"
 ENCODE_ROWS = 2048  # rows per encode block: the block and its scores stay in cache
+
+
+log = logging.getLogger("semid_index.quantize")
+_warned: dict[str, bool] = {}  # devices whose bf16 fallback was logged
 
 
 class CodesMixin:
@@ -37,6 +43,7 @@ class CodesMixin:
     residual_scales_: torch.Tensor
     _books: list[Codebook]
     _encoder: Encoder
+    precision: str
 
     if TYPE_CHECKING:
         @property
@@ -51,20 +58,49 @@ class CodesMixin:
                            device: str | torch.device = "cpu") -> ResidualKMeans: ...
 
     # ------------------------------------------------------------------ inference
-    def encode(self, X, *, batch_rows: int | None = None) -> torch.Tensor:
+    def encode(self, X, *, batch_rows: int | None = None,
+               precision: str | None = None) -> torch.Tensor:
         """Codes of every row: (N, L) int64 tensor on the CPU.
 
         X: anything ``fit`` accepts. Rows are processed in blocks of ``batch_rows`` (default 2048),
         all levels fused per block; float32 C-contiguous input is read in place, never copied.
+        precision: ``"fp32"`` or ``"bf16"`` for this call (default: the model's ``precision``);
+        both give the fp32 codes (see ``precision`` in :class:`ResidualKMeans`).
         """
         self._check_fitted()
         src = make_source(X)
-        out = [codes for codes, _, _ in self._encode_blocks(src, batch_rows)]
+        enc = self._encoder_for(precision)
+        out = [codes for codes, _, _ in self._encode_blocks(src, batch_rows, encoder=enc)]
         if not out:
             raise EmptyInputError("embeddings are empty: the batches yielded no rows")
         return torch.cat(out)
 
-    def _encode_blocks(self, src: Source, batch_rows: int | None = None, with_residual=False):
+    def effective_precision(self, precision: str | None = None) -> str:
+        """The precision :meth:`encode` runs in: ``precision`` (default the model's), or
+        ``"fp32"`` where this device has no fast bf16."""
+        want = check_precision(getattr(self, "precision", "fp32") if precision is None
+                               else precision)
+        if want == "bf16" and not bf16_fast(self._device):
+            if not _warned.get(str(self._device)):
+                _warned[str(self._device)] = True
+                log.info("precision='bf16': %s has no fast bf16 (AMX, AVX512-BF16 or CUDA); "
+                         "encoding in fp32", self._device)
+            return "fp32"
+        return want
+
+    def _encoder_for(self, precision: str | None) -> Encoder:
+        """The fp32 encoder, or the bf16 one (built once) when that is the effective
+        precision."""
+        if self.effective_precision(precision) == "fp32":
+            return self._encoder
+        enc = getattr(self, "_bf16_encoder", None)
+        if enc is None or enc.books is not self._books:
+            enc = Encoder(self._books, self.normalize_residuals, bf16=True)
+            self._bf16_encoder = enc
+        return enc
+
+    def _encode_blocks(self, src: Source, batch_rows: int | None = None, with_residual=False,
+                       encoder: Encoder | None = None):
         """Yield (codes (b, L) int64 CPU, residual norms list or None, input block) per block."""
         dev = self._device
         dim = self.n_features_in_
@@ -81,7 +117,7 @@ class CodesMixin:
                 blk = chunk[a:a + rows]
                 codes = torch.empty(blk.shape[0], len(self._books), dtype=torch.int64, device=dev)
                 norms: list[torch.Tensor] | None = [] if with_residual else None
-                self._encoder.encode(blk, codes, work, norms)
+                (encoder or self._encoder).encode(blk, codes, work, norms)
                 yield codes.cpu(), norms, blk
 
     def predict(self, X) -> torch.Tensor:

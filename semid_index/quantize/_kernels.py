@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ._bf16 import Bf16Level, Bf16Stats
 
 _BACKENDS = ("linear", "mkldnn")
 _backend: str | None = os.environ.get("SEMID_GEMM") or None  # None: decided at first use
@@ -239,11 +240,11 @@ class Encoder:
       (used for small D, for normalised residuals, and when residual norms are wanted).
     """
 
-    def __init__(self, books: list[Codebook], normalize: bool):
+    def __init__(self, books: list[Codebook], normalize: bool, bf16: bool = False):
         self.books = books
         self.normalize = normalize
         self.sizes = [b.centroids.shape[0] for b in books]
-        dim = books[0].centroids.shape[1]
+        self.dim = dim = books[0].centroids.shape[1]
         self.cross = not normalize and len(books) > 1 and dim >= max(self.sizes)
         if self.cross:
             cents = [b.centroids for b in books]
@@ -253,6 +254,10 @@ class Encoder:
             # 2 c_l . c_m in float64 then cast: added back when level l picks a centroid
             self.cross_terms = {(l, m): (2.0 * cents[l].double() @ cents[m].double().T).float()
                                 for l in range(len(cents)) for m in range(l + 1, len(cents))}
+        #: bf16 first pass (see :mod:`._bf16`): per-level operands and bound weights, and
+        #: what it did (rows, rows re-scored in fp32, near-ties among them)
+        self.bf16 = [Bf16Level(b) for b in books] if bf16 else None
+        self.stats = Bf16Stats()
 
     def encode(self, x: torch.Tensor, out: torch.Tensor, work: torch.Tensor | None = None,
                residual_dist: list[torch.Tensor] | None = None) -> None:
@@ -263,6 +268,9 @@ class Encoder:
         the squared norm of the residual entering each level (before any normalisation) and of the
         final one are appended as (B,) tensors.
         """
+        if self.bf16 is not None and residual_dist is None:
+            self._encode_bf16(x, out, work)
+            return
         if self.cross and residual_dist is None:
             self._encode_cross(x, out)
             return
@@ -282,6 +290,24 @@ class Encoder:
             for m in range(l + 1, len(self.sizes)):
                 # score of level m against r = x - c_l[lab]: ... - 2 r.c_m = ... - 2 x.c_m + 2 c_l.c_m
                 s[:, off[m]:off[m + 1]].add_(self.cross_terms[(l, m)].index_select(0, lab))
+
+
+    def _encode_bf16(self, x: torch.Tensor, out: torch.Tensor, work: torch.Tensor | None):
+        """Residual encoding with the bf16 first pass of :mod:`._bf16` at every level: the fp32
+        codes (x is left untouched)."""
+        assert self.bf16 is not None
+        n = x.shape[0]
+        r = x.clone() if work is None else work[:n]
+        if work is not None:
+            r.copy_(x)
+        lab = None
+        for level, book in enumerate(self.books):
+            if self.normalize:
+                normalize_rows_(r)
+            lab = self.bf16[level].nearest(r, book, lab, self.stats)
+            out[:, level] = lab
+            r.sub_(book.centroids.index_select(0, lab))
+        self.stats.rows += n
 
 
 def encode_block(x: torch.Tensor, books: list[Codebook], normalize: bool,
