@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from ._residual import ResidualKMeans
 
 SAVE_FORMAT = "semid_index.residual_kmeans/1"
-ENCODE_ROWS = 2048  # rows per encode block: the block and its scores stay in cache
+#: Rows per encode block. 8192 rather than 2048: the GEMM runs nearer its peak on taller blocks
+#: (2026-12-02, 2-core AMD EPYC: 1M x 768 at 298 against 271 GFLOP/s median, GloVe 400k x 50
+#: 1.53M against 1.33M items/s), and the block's scores (8192 x sum K floats) stay small.
+ENCODE_ROWS = 8192
 
 
 log = logging.getLogger("semid_index.quantize")
@@ -62,7 +65,7 @@ class CodesMixin:
                precision: str | None = None) -> torch.Tensor:
         """Codes of every row: (N, L) int64 tensor on the CPU.
 
-        X: anything ``fit`` accepts. Rows are processed in blocks of ``batch_rows`` (default 2048),
+        X: anything ``fit`` accepts. Rows are processed in blocks of ``batch_rows`` (default 8192),
         all levels fused per block; float32 C-contiguous input is read in place, never copied.
         precision: ``"fp32"`` or ``"bf16"`` for this call (default: the model's ``precision``);
         both give the fp32 codes (see ``precision`` in :class:`ResidualKMeans`).
