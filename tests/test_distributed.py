@@ -171,7 +171,9 @@ def test_cli_distributed_outside_torchrun_is_a_clear_error(tmp_path):
     assert not (tmp_path / "a.db").exists()
 
 
-def test_distributed_example_runs_under_torchrun(db_url):
+def test_distributed_example_runs_under_torchrun(tmp_path):
+    # SQLite only: the CLI test above runs the same path under torchrun on PostgreSQL too
+    db_url = f"sqlite:///{tmp_path / 'example.db'}"
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                         "--nproc-per-node", "2", os.path.join(ROOT, "examples",
