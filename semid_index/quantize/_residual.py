@@ -285,7 +285,8 @@ class ResidualKMeans(CodesMixin):
         (see the README's "Beyond one machine"). An error on any rank (bad rows, a dead peer)
         raises on every rank (:class:`~semid_index.DistributedError` where another rank
         failed) and leaves every model as it was. Not with ``balance``, ``max_per_code`` or
-        GRID mode.
+        GRID mode. The group must carry CPU tensors: ``init_process_group("gloo")``, or
+        ``"cpu:gloo,cuda:nccl"`` when the model's device is a GPU.
         """
         sizes = self._check_params()
         group = _group(distributed)
