@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 SAVE_FORMAT = "semid_index.residual_kmeans/1"
 #: Rows per encode block. 8192 rather than 2048: the GEMM runs nearer its peak on taller blocks
 #: (2026-12-02, 2-core AMD EPYC: 1M x 768 at 298 against 271 GFLOP/s median, GloVe 400k x 50
-#: 1.53M against 1.33M items/s), and the block's scores (8192 x sum K floats) stay small.
+#: 1.53M against 1.33M items/s), and the block's scores (8192 x sum K floats) stay small. Wide
+#: rows get fewer, so the block and its work copy stay within ENCODE_FLOATS floats each.
 ENCODE_ROWS = 8192
+ENCODE_FLOATS = 16 << 20
 
 
 log = logging.getLogger("semid_index.quantize")
@@ -65,7 +67,7 @@ class CodesMixin:
                precision: str | None = None) -> torch.Tensor:
         """Codes of every row: (N, L) int64 tensor on the CPU.
 
-        X: anything ``fit`` accepts. Rows are processed in blocks of ``batch_rows`` (default 8192),
+        X: anything ``fit`` accepts. Rows are processed in blocks of ``batch_rows`` (default 8192, fewer for D > 2048),
         all levels fused per block; float32 C-contiguous input is read in place, never copied.
         precision: ``"fp32"`` or ``"bf16"`` for this call (default: the model's ``precision``);
         both give the fp32 codes (see ``precision`` in :class:`ResidualKMeans`).
@@ -107,7 +109,7 @@ class CodesMixin:
         """Yield (codes (b, L) int64 CPU, residual norms list or None, input block) per block."""
         dev = self._device
         dim = self.n_features_in_
-        rows = batch_rows or ENCODE_ROWS
+        rows = batch_rows or max(1024, min(ENCODE_ROWS, ENCODE_FLOATS // max(dim, 1)))
         chunk_rows = max(rows, (DEFAULT_CHUNK_BYTES // (4 * dim)) // rows * rows)
         if src.dim is not None:  # an iterable's width is known only once read
             check_batch(torch.empty(0, src.dim), dim)
