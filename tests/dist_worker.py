@@ -5,7 +5,8 @@ argv[1] is a JSON spec: data (.npy path), cuts (row where each rank's shard star
 what ("quantizer" or "index"), opts (ResidualKMeans options), db and index (for "index"), out
 (a path prefix: the quantizer's rank writes <out>.<rank>.npz), init_far (start from
 :func:`far_init`'s codebooks), and the faults a test injects
-into one rank's own shard: nan_rank, dup_rank (its first key repeats rank 0's), seed_rank.
+into one rank's own shard: nan_rank, flat_rank (a 1-d array), dup_rank (its first key repeats
+rank 0's), seed_rank.
 Prints "fitting" before the fit, then "ok" or "error <ErrorClass>: <message>" on stdout.
 """
 
@@ -43,6 +44,8 @@ def main() -> None:
     keys = [f"item-{i}" for i in range(lo, hi)]
     if spec.get("nan_rank") == rank:
         x[len(x) // 2, 3] = np.nan
+    if spec.get("flat_rank") == rank:  # a malformed shard: one column, 1-d
+        x = x[:, 0].copy()
     if spec.get("dup_rank") == rank:
         keys[0] = "item-0"
     opts = dict(spec.get("opts", {}))

@@ -100,6 +100,30 @@ def test_an_error_on_one_rank_fails_every_rank(tmp_path):
     assert not list(tmp_path.glob("r.*.npz"))  # nobody finished
 
 
+def test_a_rank_with_no_rows_takes_part(tmp_path):
+    x = _data(tmp_path, n=6_000)
+    opts = dict(n_levels=2, codebook_size=32, seed=2, exact_work=0, batch_size=512)
+    spec = {"data": str(tmp_path / "x.npy"), "cuts": [0, 2_500, 2_500, 6_000],
+            "what": "quantizer", "opts": opts, "out": str(tmp_path / "rank")}
+    for code, out, err in _outcomes(_start(spec, 3)):
+        assert code == 0 and out.strip().endswith("ok"), out + err
+    one = ResidualKMeans(**opts).fit(x)
+    for r in range(3):
+        got = np.load(tmp_path / f"rank.{r}.npz")
+        for lv in range(2):
+            np.testing.assert_allclose(got[f"arr_{lv}"], one.codebooks_[lv].numpy(), atol=1e-5)
+
+
+def test_a_malformed_shard_fails_every_rank_at_once(tmp_path):
+    _data(tmp_path, n=3_000)
+    spec = {"data": str(tmp_path / "x.npy"), "cuts": [0, 1_500, 3_000], "what": "quantizer",
+            "opts": {"n_levels": 2, "codebook_size": 16}, "out": str(tmp_path / "r"),
+            "flat_rank": 1}
+    (c0, o0, e0), (c1, o1, e1) = _outcomes(_start(spec, 2))
+    assert c1 == 1 and "error DimensionMismatchError" in o1, o1 + e1
+    assert c0 == 1 and "rank 1 failed: DimensionMismatchError" in o0, o0 + e0
+
+
 def test_distributed_fit_needs_a_process_group():
     x, _ = gaussian_mixture(200, 4, 3)
     with pytest.raises(Exception, match="initialised torch.distributed process group"):

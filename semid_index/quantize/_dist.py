@@ -188,17 +188,17 @@ def abandon(group) -> None:
     """Leave ``group`` after failing alone mid-fit (interrupted, out of memory), so the other
     ranks do not wait for this one: NCCL's abort ends their pending collectives now. Gloo's
     connections close only when the process exits (torchrun then stops the job); until then
-    the others wait up to the group's timeout. The group is unusable afterwards."""
+    the others wait up to the group's timeout. The group is unusable afterwards, but still
+    there to be destroyed by its owner."""
     import torch.distributed as dist
 
     pg = dist.group.WORLD if group == DEFAULT else group
     if pg is None:
         return
-    for leave in (pg.abort, lambda: dist.destroy_process_group(_pg(group))):
-        try:
-            leave()
-        except Exception:  # a backend without abort(), or already gone
-            pass
+    try:
+        pg.abort()  # (not destroy_process_group: the caller's own cleanup still calls it)
+    except Exception:  # a backend without abort(), or already gone
+        pass
     del pg
 
 

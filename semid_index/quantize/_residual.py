@@ -278,7 +278,8 @@ class ResidualKMeans(CodesMixin):
         distributed : False, True (the default torch.distributed process group) or a process
         group. Data-parallel training: every rank of an initialised group calls ``fit`` with
         the same options and *its own shard* of the rows (an array, a memmap slice or a
-        ``.npy`` path; the shards in rank order make up the catalog, and may differ in size).
+        ``.npy`` path; the shards in rank order make up the catalog, and may differ in size;
+        a (0, D) array is an empty shard).
         Each rank reads only its rows of the training sample; every step adds up per-centroid
         sums and counts over the ranks with ``all_reduce``, so every rank ends with the same
         codebooks, equal to one process's fit of the concatenated rows up to float rounding
@@ -288,14 +289,13 @@ class ResidualKMeans(CodesMixin):
         GRID mode. The group must carry CPU tensors: ``init_process_group("gloo")``, or
         ``"cpu:gloo,cuda:nccl"`` when the model's device is a GPU.
         """
-        sizes = self._check_params()
         group = _group(distributed)
-        src = make_source(X)
         saved = dict(self.__dict__)
         try:
             if group is None:
-                return self._fit(src, sizes)
-            return self._fit_distributed(src, sizes, group)
+                sizes = self._check_params()
+                return self._fit(make_source(X), sizes)
+            return self._fit_distributed(X, group)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(saved)  # a failed fit leaves the previous model as it was
@@ -350,11 +350,14 @@ class ResidualKMeans(CodesMixin):
         self._finish()
         return self
 
-    def _fit_distributed(self, src: Source, sizes: list[int], group) -> "ResidualKMeans":
-        """fit() on this rank's shard: see ``distributed`` there."""
-        gen = torch.Generator().manual_seed(int(self.seed))
+    def _fit_distributed(self, X, group) -> "ResidualKMeans":
+        """fit() on this rank's shard X: see ``distributed`` there. Every check that can fail
+        on one rank alone runs inside :func:`agree`, so all ranks fail together."""
+        got: dict = {}
 
         def check() -> list[int]:
+            sizes = got["sizes"] = self._check_params()
+            src = got["src"] = _shard_source(X)
             if self.mode == "grid" or self.balance is not None or self.max_per_code is not None:
                 raise ConfigError("a distributed fit takes neither balance, max_per_code nor "
                                   "GRID mode (their steps need every row in one process)")
@@ -362,13 +365,15 @@ class ResidualKMeans(CodesMixin):
                 raise ConfigError("a distributed fit reads its training rows by position: give "
                                   "each rank an array, a memmap or a .npy path, not an "
                                   "iterable of batches")
-            if self.check_input and not src.checked:
+            if self.check_input and not src.checked and src.n_rows:
                 for _ in src.chunks(1 << 16, copy=False):
                     pass
             return [src.n_rows, -1 if src.dim is None else src.dim, int(self.seed) % (1 << 62),
                     _options_digest(self, sizes)]
 
         info = agree(group, check)
+        src, sizes = got["src"], got["sizes"]
+        gen = torch.Generator().manual_seed(int(self.seed))
         n_rows = [int(v) for v in info[:, 0]]
         dims = sorted({int(v) for v in info[:, 1]} - {-1})
         if len(dims) > 1:
@@ -815,6 +820,31 @@ def _default_init_size(k: int, dim: int) -> int:
 def _default_train_size(k: int, dim: int) -> int:
     """Rows of the training sample: up to 512 per centroid, at most 256 MiB of float32."""
     return int(max(k, min(512 * k, (256 << 20) // (4 * max(dim, 1)))))
+
+
+def _shard_source(X) -> Source:
+    """A rank's shard as a Source; an empty (0, D) array is an empty shard (a rank may hold no
+    rows), not an error."""
+    shape = getattr(X, "shape", None)
+    if shape is not None and len(shape) == 2 and shape[0] == 0 and shape[1] > 0:
+        return _EmptyShard(int(shape[1]))
+    return make_source(X)
+
+
+class _EmptyShard(Source):
+    """No rows of D columns."""
+
+    checked = True
+
+    def __init__(self, dim: int):
+        self.width = dim
+        self.dim, self.n_rows = dim, 0
+
+    def materialize(self) -> torch.Tensor:
+        return torch.empty(0, self.width)
+
+    def _take(self, idx) -> torch.Tensor:
+        return torch.empty(0, self.width)
 
 
 def _variance(x: torch.Tensor, shard: Shard) -> float:
