@@ -8,7 +8,10 @@ an error (its own, or :class:`~semid_index.DistributedError` naming the rank tha
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -16,7 +19,7 @@ import torch
 from . import _inputs
 from ._index_model import reconstruction
 from .errors import ConfigError, NotFittedError
-from .quantize._dist import Shard, _pg, agree, rank as _rank
+from .quantize._dist import Shard, agree, barrier, rank as _rank
 
 log = logging.getLogger("semid_index")
 
@@ -57,18 +60,19 @@ def fit_distributed(index, keys, embeddings, model, warm_start: bool, progress, 
         fitted.fit(validated(x), distributed=group)
     codes, fps = index._encode(fitted, x, progress and _rank(group) == 0)
     shard = Shard(0, None, group, distributed=True)
-    err = reconstruction(fitted, x, codes) if len(x) else {"sq_error": 0.0, "sq_norm": 0.0}
+    err = reconstruction(fitted, x, codes)
     sums = shard.sum_(torch.tensor([err["sq_error"], err["sq_norm"]], dtype=torch.float64))
     fit_stats: dict = {"warm_start": bool(warm_start), "sq_error": float(sums[0]),
                        "sq_norm": float(sums[1]),
                        "relative_error": float(sums[0]) / max(float(sums[1]), 1e-30),
-                       "ranks": int(shard.gather(torch.zeros(1)).shape[0])}
+                       "ranks": shard.world}
     all_keys, all_codes, all_fps = _to_rank0(shard, k, codes, fps)
 
     def store() -> list[int]:
         if _rank(group) != 0:
             return [0]
-        merged = _inputs.item_keys(all_keys)  # one key on two ranks: DuplicateKeyError here
+        # every rank checked its own keys; one key on two ranks is DuplicateKeyError here
+        merged = _inputs._unique(all_keys, allow_duplicates=False)
         version = index._store_version(fitted, merged, all_codes, all_fps, progress, fit_stats)
         log.info("index %r: version %d active with %d items from %d ranks", index.name,
                  version, len(merged), fit_stats["ranks"])
@@ -84,8 +88,6 @@ def _to_rank0(shard: Shard, keys: list[str], codes: np.ndarray, fps: np.ndarray)
     """Every rank's keys, codes (n, L) and fingerprints (n,), concatenated in rank order on
     rank 0 (None elsewhere). Keys travel as one NUL-separated UTF-8 blob (keys hold no NUL);
     rank 0 keeps its own key objects (no second copy of them)."""
-    import torch.distributed as dist
-
     root = _rank(shard.group) == 0
     blob = np.frombuffer(b"" if root else "\0".join(keys).encode(), dtype=np.uint8)
     sizes = shard.gather(torch.tensor([len(keys), len(blob)], dtype=torch.int64))
@@ -99,16 +101,11 @@ def _to_rank0(shard: Shard, keys: list[str], codes: np.ndarray, fps: np.ndarray)
     text = torch.zeros(b_max, dtype=torch.uint8)
     text[:len(blob)] = torch.from_numpy(blob.copy())
     world = sizes.shape[0]
-    row_parts = [torch.empty_like(rows) for _ in range(world)] if root else None
-    text_parts = [torch.empty_like(text) for _ in range(world)] if root else None
-    from .quantize._dist import _collective
-
-    _collective(lambda: dist.gather(rows, row_parts, dst=0, group=_pg(shard.group)))
+    row_parts = shard.gather_to_root(rows)
     del rows
-    _collective(lambda: dist.gather(text, text_parts, dst=0, group=_pg(shard.group)))
-    if not root:
+    text_parts = shard.gather_to_root(text)
+    if row_parts is None or text_parts is None:  # not rank 0
         return None, None, None
-    assert row_parts is not None and text_parts is not None
     out_keys: list[str] = list(keys)
     for r in range(1, world):
         n, b = sizes[r].tolist()
@@ -127,3 +124,34 @@ def _to_rank0(shard: Shard, keys: list[str], codes: np.ndarray, fps: np.ndarray)
         row_parts[r] = row_parts[r][:0]
         at += n
     return out_keys, all_codes, all_fps
+
+
+@contextlib.contextmanager
+def torchrun_job() -> Iterator[tuple[int, int]]:
+    """Join the torchrun job this process is a rank of (gloo; gloo and NCCL when CUDA is
+    there), yield (rank, world size), and leave it."""
+    import torch.distributed as dist
+
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        raise ConfigError("--distributed runs as one rank of a torchrun job (RANK and "
+                          "WORLD_SIZE are not set): torchrun --nproc-per-node N -m semid_index "
+                          "fit ... --distributed")
+    backend = "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "cpu:gloo,cuda:nccl"
+    dist.init_process_group(backend)
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def rank_first(rank: int) -> Iterator[None]:
+    """Rank 0 runs the block before the others (it creates the index they then open)."""
+    if rank:
+        barrier()
+    yield
+    if not rank:
+        barrier()

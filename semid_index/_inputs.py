@@ -285,9 +285,13 @@ def _mode(v) -> bool:
     return v in ("default", "grid")
 
 
+#: How ``encode`` may score codes (see ``precision`` in ResidualKMeans).
+PRECISIONS = ("fp32", "bf16")
+
+
 def _precision(v) -> bool:
     """'fp32' or 'bf16'"""
-    return v in ("fp32", "bf16")
+    return v in PRECISIONS
 
 
 #: the options of ResidualKMeans an index stores, and what each must be

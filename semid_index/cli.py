@@ -11,7 +11,6 @@ commands are in :mod:`semid_index._cli_read`, the shared pieces in :mod:`semid_i
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sys
 import time
@@ -131,16 +130,16 @@ def fit(db, index_name, as_json, embeddings, keys_file, key_column, column, row_
         return idx
 
     if distributed:
-        rank, keys, x = _join_job(keys, x)
-        try:
-            with _rank_first(rank):
+        from ._fit_dist import rank_first, torchrun_job
+
+        with torchrun_job() as (rank, world):
+            keys, x = _part(keys, x, rank, world)
+            with rank_first(rank):
                 idx = open_index()
             with idx:
                 idx.fit(keys, x, warm_start=warm_start, progress=_progress() and rank == 0,
                         distributed=True)
                 s = idx.stats()
-        finally:
-            _leave_job()
         if rank:
             return
     else:
@@ -181,11 +180,7 @@ def add(db, index_name, as_json, embeddings, keys_file, key_column, column, row_
     keys, x = io.read_embeddings(embeddings, keys_file=keys_file, key_column=key_column,
                                  column=column, row_numbers=row_numbers)
     if shard is not None:
-        if len(keys) != x.shape[0]:
-            _fail(f"{len(keys):,} keys for {x.shape[0]:,} embedding rows")
-        i, n = _shard(shard)
-        lo, hi = x.shape[0] * i // n, x.shape[0] * (i + 1) // n
-        keys, x = keys[lo:hi], x[lo:hi]
+        keys, x = _part(keys, x, *_shard(shard))
     step = batch or max(len(keys), 1)
     ids: list = []
     with _open(db, index_name) as idx:
@@ -208,46 +203,12 @@ def add(db, index_name, as_json, embeddings, keys_file, key_column, column, row_
         click.echo(io.table(["key", "id"], [[k, str(i)] for k, i in zip(keys, ids)]))
 
 
-def _join_job(keys, x):
-    """Join the torchrun job (gloo; gloo and NCCL when CUDA is there) and keep this rank's
-    contiguous part of the rows: (rank, keys, x)."""
-    import os
-
-    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
-        _fail("--distributed runs as one rank of a torchrun job (RANK and WORLD_SIZE are not "
-              "set): torchrun --nproc-per-node N -m semid_index fit ... --distributed")
+def _part(keys, x, i: int, n: int):
+    """Part i (0-based) of n equal contiguous parts of the keys and rows."""
     if len(keys) != x.shape[0]:
         _fail(f"{len(keys):,} keys for {x.shape[0]:,} embedding rows")
-    import torch
-    import torch.distributed as dist
-
-    backend = "gloo"
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        backend = "cpu:gloo,cuda:nccl"
-    dist.init_process_group(backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    lo, hi = x.shape[0] * rank // world, x.shape[0] * (rank + 1) // world
-    return rank, keys[lo:hi], x[lo:hi]
-
-
-@contextlib.contextmanager
-def _rank_first(rank: int):
-    """Rank 0 runs the block before the others (it creates the index they then open)."""
-    from .quantize._dist import barrier
-
-    if rank:
-        barrier()
-    yield
-    if not rank:
-        barrier()
-
-
-def _leave_job() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    lo, hi = x.shape[0] * i // n, x.shape[0] * (i + 1) // n
+    return keys[lo:hi], x[lo:hi]
 
 
 def _shard(text: str) -> tuple[int, int]:

@@ -29,13 +29,13 @@ import os
 
 import torch
 
+from .._inputs import PRECISIONS
 from ..errors import ConfigError
 
 log = logging.getLogger("semid_index.quantize")
 
 U_BF16 = 2.0 ** -8
 U_F32 = 2.0 ** -24
-PRECISIONS = ("fp32", "bf16")
 
 _override: bool | None = None
 _env = os.environ.get("SEMID_BF16")

@@ -36,8 +36,9 @@ class Shard:
         self._where: torch.Tensor | None = None
 
     @property
-    def n_local(self) -> int:
-        return self.n if self.pos is None else int(self.pos.numel())
+    def world(self) -> int:
+        """Ranks in the group (1 in one process)."""
+        return _world(self.group) if self.distributed else 1
 
     # --- collectives ----------------------------------------------------------------------
     def sum_(self, t: torch.Tensor) -> torch.Tensor:
@@ -121,6 +122,16 @@ class Shard:
         _collective(lambda: _all_gather(parts, t, self.group))
         return torch.stack(parts)
 
+    def gather_to_root(self, t: torch.Tensor) -> list[torch.Tensor] | None:
+        """Every rank's ``t`` (same shape on every rank), in rank order, on rank 0 only (None
+        on the others)."""
+        import torch.distributed as dist
+
+        root = rank(self.group) == 0
+        parts = [torch.empty_like(t) for _ in range(self.world)] if root else None
+        _collective(lambda: dist.gather(t, parts, dst=0, group=_pg(self.group)))
+        return parts
+
 
 #: The default process group. Not ``dist.group.WORLD`` itself: a reference to that object left
 #: in a traceback outlives destroy_process_group(), and gloo then aborts the process at exit.
@@ -143,7 +154,11 @@ def group(distributed):
 
 def rank(group) -> int:
     """This process's rank in ``group`` (0 outside torch.distributed)."""
-    return _rank(group)
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return 0
+    return dist.get_rank(_pg(group))
 
 
 def agree(group, check) -> torch.Tensor:
@@ -158,15 +173,16 @@ def agree(group, check) -> torch.Tensor:
     except SemanticIdError as e:
         err = e
     text = b"" if err is None else f"{type(err).__name__}: {err}".encode()[:MESSAGE_BYTES]
-    width = max(len(values), 1)
-    width = int(Shard(0, None, group, True).sum_(torch.tensor([width])).item())  # any rank's
+    everyone = Shard(0, None, group, True)
+    # the widest rank's list (a rank that failed has none), the same on every rank
+    width = int(everyone.gather(torch.tensor([max(len(values), 1)])).max())
     buf = torch.zeros(2 + MESSAGE_BYTES + width, dtype=torch.int64)
     buf[0] = err is not None
     buf[1] = len(text)
     buf[2:2 + len(text)] = torch.tensor(list(text), dtype=torch.int64)
     if values:
         buf[2 + MESSAGE_BYTES:2 + MESSAGE_BYTES + len(values)] = torch.tensor(values)
-    every = Shard(0, None, group, True).gather(buf)
+    every = everyone.gather(buf)
     if err is not None:
         raise err
     failed = (every[:, 0] == 1).nonzero()[:, 0]
@@ -218,7 +234,7 @@ def _collective(fn) -> None:
         fn()
     except RuntimeError as e:  # gloo/NCCL: a peer died, left, or timed out
         raise DistributedError(
-            f"a torch.distributed collective failed on rank {_rank(None)}: another rank failed "
+            f"a torch.distributed collective failed on rank {rank(None)}: another rank failed "
             f"or left the job ({str(e).splitlines()[0][:200]})") from e
 
 
@@ -238,14 +254,6 @@ def _world(group) -> int:
     import torch.distributed as dist
 
     return dist.get_world_size(_pg(group))
-
-
-def _rank(group) -> int:
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_initialized():
-        return 0
-    return dist.get_rank(_pg(group))
 
 
 def _pg(group):

@@ -124,10 +124,10 @@ class KMeansLevel:
                * rate).to(old.dtype)
         self.centroids[seen] = new
         shift = float(((new - old) ** 2).sum())
-        self.n_seen += x.shape[0] if n_batch is None else n_batch
+        n_batch = x.shape[0] if n_batch is None else n_batch
+        self.n_seen += n_batch
         if reassign:
-            self._reassign_dead(x, dist, generator, shard, sel,
-                                x.shape[0] if n_batch is None else n_batch)
+            self._reassign_dead(x, dist, generator, shard, sel, n_batch)
         self._changed()
         return shift
 
@@ -146,12 +146,10 @@ class KMeansLevel:
         picks = torch.multinomial(weights, n_dead, replacement=False, generator=generator)
         if shard is None or sel is None:
             rows = x[picks.to(x.device)]
-        else:  # the picked rows, from the ranks holding them
-            at = torch.full((n_batch,), -1, dtype=torch.int64)
-            at[sel] = torch.arange(sel.numel())
-            mine = (at.index_select(0, picks) >= 0).nonzero()[:, 0]
-            rows = shard.assemble(n_dead, mine, x.index_select(
-                0, at.index_select(0, picks.index_select(0, mine)).to(x.device)))
+        else:  # the picked rows, from the ranks holding them: the batch as a sharded matrix
+            from ._dist import Shard
+
+            rows = Shard(n_batch, sel, shard.group, distributed=True).rows(x, picks)
         self.reseed(idx, rows)
 
     # --- Lloyd support ----------------------------------------------------------------------

@@ -310,11 +310,7 @@ class ResidualKMeans(CodesMixin):
                 pass
         if not src.n_rows:
             raise EmptyInputError("embeddings are empty: the batches yielded no rows")
-        if src.n_rows < max(sizes):
-            level = sizes.index(max(sizes)) + 1
-            raise TooFewItemsError(
-                f"need at least {max(sizes)} items for codebook size {max(sizes)} at level "
-                f"{level}, got {src.n_rows}")
+        _check_enough(sizes, src.n_rows)
         assert src.dim is not None  # known once a row was read
         self._reset(src.dim, sizes)
         if self.mode == "grid":
@@ -386,11 +382,7 @@ class ResidualKMeans(CodesMixin):
         n = sum(n_rows)
         if n == 0:
             raise EmptyInputError("embeddings are empty: no rank has a row")
-        if n < max(sizes):
-            level = sizes.index(max(sizes)) + 1
-            raise TooFewItemsError(
-                f"need at least {max(sizes)} items for codebook size {max(sizes)} at level "
-                f"{level}, got {n} on {len(n_rows)} ranks ({n_rows})")
+        _check_enough(sizes, n, f" on {len(n_rows)} ranks ({n_rows})")
         dim = dims[0]
         rank = _rank(group)
         lo, mine = sum(n_rows[:rank]), n_rows[rank]
@@ -820,6 +812,14 @@ def _default_init_size(k: int, dim: int) -> int:
 def _default_train_size(k: int, dim: int) -> int:
     """Rows of the training sample: up to 512 per centroid, at most 256 MiB of float32."""
     return int(max(k, min(512 * k, (256 << 20) // (4 * max(dim, 1)))))
+
+
+def _check_enough(sizes: list[int], n: int, where: str = "") -> None:
+    """TooFewItemsError unless n rows can fill the largest codebook."""
+    if n < max(sizes):
+        raise TooFewItemsError(
+            f"need at least {max(sizes)} items for codebook size {max(sizes)} at level "
+            f"{sizes.index(max(sizes)) + 1}, got {n}{where}")
 
 
 def _shard_source(X) -> Source:
