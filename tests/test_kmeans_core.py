@@ -31,6 +31,42 @@ def test_nearest_matches_brute_force_in_blocks(monkeypatch):
 
 
 @pytest.mark.skipif(not mkldnn_available(), reason="this torch build has no oneDNN inner product")
+def test_row_parallel_nearest_equals_the_one_thread_path(monkeypatch):
+    """Blocks spread over single-threaded pool threads give exactly the codes and distances of
+    the plain path (prices and parent codes included), run where the build allows it, and
+    leave torch's thread count and the caller's OpenMP setting alone."""
+    from semid_index.quantize import _kernels
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(4)
+        x, c = torch.randn(20000, 40, generator=g), torch.randn(128, 40, generator=g)
+        parent = torch.randint(0, 8, (20000,), generator=g)
+        book = Codebook(c, torch.rand(8, 128, generator=g))
+        ran = []
+        real = _kernels.row_parallel
+        monkeypatch.setattr(_kernels, "row_parallel", lambda *a: ran.append(real(*a)) or ran[-1])
+        lab, dist = book.nearest(x, with_dist=True, parent=parent)
+        plain = book.nearest(x[:5000], parent=parent[:5000])  # too few rows for two blocks
+        monkeypatch.setattr(_kernels, "row_parallel", lambda *a: False)
+        ref_lab, ref_dist = book.nearest(x, with_dist=True, parent=parent)
+        assert torch.equal(lab, ref_lab) and torch.equal(dist, ref_dist)
+        assert torch.equal(plain, ref_lab[:5000])
+        omp = _kernels._get_omp()
+        assert ran[0] is (omp is not None)  # on Linux torch runs on OpenMP: the pool is used
+        assert ran[1] is False
+        assert torch.get_num_threads() == 2
+        if omp is not None:
+            assert omp.omp_get_max_threads() == 2  # this thread's OpenMP setting is intact
+            pool_threads = _kernels._row_pool(2).map(lambda _: omp.omp_get_max_threads(),
+                                                     range(2))
+            assert set(pool_threads) == {1}
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not mkldnn_available(), reason="this torch build has no oneDNN inner product")
 def test_gemm_backends_give_the_same_codes():
     x, _ = gaussian_mixture(4000, 48, 30, seed=3)
     x = torch.from_numpy(x)

@@ -217,8 +217,20 @@ class ArraySource(Source):
     def materialize(self):
         out = torch.empty(self.n_rows, self.dim, dtype=torch.float32)
         step = max(1, DEFAULT_CHUNK_BYTES // (4 * self.dim))
+        direct = type(self)._rows is ArraySource._rows  # in memory: convert straight into out
         for a in range(0, self.n_rows, step):
-            out[a:a + step] = self._rows(a, min(a + step, self.n_rows))
+            b = min(a + step, self.n_rows)
+            dst = out[a:b]
+            if not direct:
+                dst.copy_(self._rows(a, b))
+                continue
+            part = self.data[a:b]
+            if isinstance(part, torch.Tensor):
+                dst.copy_(part.detach())
+            else:  # one pass, no temporary chunk (as np.array(part, dtype=float32) casts)
+                np.copyto(dst.numpy(), part, casting="unsafe")
+            if not self.checked:
+                check_batch(dst, None, row_offset=a, name=self.name)
         self.checked = True
         return out
 

@@ -19,7 +19,11 @@ codes.
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import os
+import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -125,8 +129,15 @@ def argmin_rows(s: torch.Tensor) -> torch.Tensor:
     def one(i: int) -> None:
         np.argmin(a[cuts[i]:cuts[i + 1]], axis=1, out=out[cuts[i]:cuts[i + 1]])
 
-    list(_argmin_pool(parts).map(one, range(parts)))
+    list(_row_pool(parts).map(one, range(parts)))
     return torch.from_numpy(out)
+
+
+def _argmin_serial(s: torch.Tensor) -> torch.Tensor:
+    """:func:`argmin_rows` in the calling thread (for code already running on the row pool)."""
+    if s.device.type != "cpu" or s.shape[1] < 64:
+        return s.argmin(1)
+    return torch.from_numpy(np.argmin(s.detach().numpy(), axis=1))
 
 
 #: Fewest rows per thread of a threaded argmin (below it one thread is as fast).
@@ -134,14 +145,16 @@ ARGMIN_SLICE = 1024
 _pool: ThreadPoolExecutor | None = None
 
 
-def _argmin_pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide thread pool of at least ``workers`` threads (a forked child makes its own:
-    the parent's threads do not exist there)."""
+def _row_pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of at least ``workers`` threads, each of which runs torch's OpenMP
+    regions on one thread (see :func:`row_parallel`); a forked child makes its own pool (the
+    parent's threads do not exist there)."""
     global _pool
     if _pool is None or _pool._max_workers < workers:
         if _pool is not None:
             _pool.shutdown(wait=False)
-        _pool = ThreadPoolExecutor(workers, thread_name_prefix="semid-argmin")
+        _pool = ThreadPoolExecutor(workers, thread_name_prefix="semid-rows",
+                                   initializer=_one_omp_thread)
     return _pool
 
 
@@ -151,6 +164,94 @@ def _forget_pool() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _omp_library():
+    """The OpenMP runtime torch's CPU kernels (ATen and oneDNN) run on, as a ctypes library
+    with ``omp_set_num_threads``, or None where it cannot be found (not Linux, torch not built
+    on OpenMP, an unknown runtime): :func:`row_parallel` is then not used."""
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            maps = f.read()
+    except OSError:
+        return None
+    names = sorted({line.split()[-1] for line in maps.splitlines()
+                    if re.search(r"/lib(gomp|iomp5|omp)[^/]*\.so", line)})
+    # other packages (faiss, scikit-learn) load their own copies: torch's is in its own folder
+    home = os.path.dirname(os.path.realpath(torch.__file__)) + os.sep
+    own = [p for p in names if os.path.realpath(p).startswith(home)]
+    names = own or names
+    if len(names) != 1:  # none, or several runtimes: which one torch uses is unclear
+        return None
+    try:
+        lib = ctypes.CDLL(names[0])
+        lib.omp_set_num_threads.argtypes = [ctypes.c_int]
+        lib.omp_get_max_threads.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+_omp: object | None = None
+_omp_checked = False
+
+
+def _get_omp():
+    global _omp, _omp_checked
+    if not _omp_checked:
+        _omp, _omp_checked = _omp_library(), True
+    return _omp
+
+
+def _one_omp_thread() -> None:
+    """Pool thread start: let torch initialise this thread's OpenMP setting (it does so on
+    first use, to torch's global thread count), then lower it to 1 for this thread only (an
+    OpenMP thread count belongs to the thread that sets it). Torch's own setting, and every
+    other thread's, are unchanged."""
+    torch.get_num_threads()  # torch's lazy per-thread OpenMP initialisation happens here
+    lib = _get_omp()
+    if lib is not None:
+        lib.omp_set_num_threads(1)
+
+
+def row_parallel(n: int, rows: int, fn) -> bool:
+    """Run ``fn(a, b)`` on every row block [a, b) of ``rows`` rows of 0..n, spread over torch's
+    thread count of pool threads that each run torch single-threaded, and return True; or
+    return False (nothing run) where that is not possible: one thread, fewer than two blocks,
+    no OpenMP runtime found, or the GEMM not on oneDNN (MKL's threads are not per thread).
+
+    Why: a (rows, K) score block made by one thread and reduced by the same thread stays in
+    that core's L2 cache; one GEMM split over all threads writes the whole block out to shared
+    cache before the argmin reads it back. For narrow rows (GloVe's D = 50 at K = 256) that
+    traffic is a third of the time. Every block is computed exactly as in one thread, so the
+    results do not depend on which thread took it. ``fn`` must not itself use the pool.
+    """
+    threads = torch.get_num_threads()
+    if threads < 2 or n < 2 * rows or (_backend or get_gemm_backend()) != "mkldnn" \
+            or _get_omp() is None:
+        return False
+    blocks = itertools.count()
+    n_blocks = -(-n // rows)
+    lock = threading.Lock()
+
+    def work(_: int) -> None:
+        while True:  # blocks are taken in turn, so a thread slowed by a neighbour takes fewer
+            with lock:
+                i = next(blocks)
+            if i >= n_blocks:
+                return
+            fn(i * rows, min(n, (i + 1) * rows))
+
+    list(_row_pool(threads).map(work, range(min(threads, n_blocks))))
+    return True
+
+
+def cache_rows(k: int) -> int:
+    """Rows per block of :func:`row_parallel` work: a (rows, k) float32 score block of about
+    2 MiB, a core's L2 cache on the machines measured; 256 to 4096 rows."""
+    return int(min(4096, max(256, (1 << 19) // max(k, 1))))
 
 
 class Codebook:
@@ -184,24 +285,43 @@ class Codebook:
         """Nearest centroid of every row of x (B, D) (under the prices, for items whose code at
         the level above is ``parent`` (B,)): labels (B,) int64 [, squared dist (B,)].
 
-        Processed in row blocks so the score matrix stays small for any K.
+        Processed in row blocks so the score matrix stays small for any K; on a CPU with
+        several threads and K >= 64, blocks that fit a core's cache, one per thread at a time
+        (:func:`row_parallel`: GloVe's 400k x 50 rows against 256 centroids in 46 ms instead of
+        63, against 64 in 22 instead of 28). Below 64 codes torch's threaded argmin of one
+        large block is as fast, and a fit ran slower on the row pool.
         """
         k = self.centroids.shape[0]
+        n = x.shape[0]
+        if x.device.type == "cpu" and k >= 64:
+            lab = torch.empty(n, dtype=torch.int64)
+            dist = torch.empty(n, dtype=x.dtype) if with_dist else None
+
+            def block(a: int, b: int) -> None:
+                got = self._nearest(x[a:b], with_dist, None if parent is None else parent[a:b],
+                                    _argmin_serial)
+                if dist is None:
+                    lab[a:b] = got
+                else:
+                    lab[a:b], dist[a:b] = got
+
+            if row_parallel(n, cache_rows(k), block):
+                return (lab, dist) if with_dist else lab
         rows = block_rows(k)
-        if x.shape[0] <= rows:
+        if n <= rows:
             return self._nearest(x, with_dist, parent)
         parts = [self._nearest(x[a:a + rows], with_dist,
                                None if parent is None else parent[a:a + rows])
-                 for a in range(0, x.shape[0], rows)]
+                 for a in range(0, n, rows)]
         if with_dist:
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         return torch.cat(parts)
 
-    def _nearest(self, x, with_dist, parent):
+    def _nearest(self, x, with_dist, parent, argmin=argmin_rows):
         s = self.priced(scores(x, self.neg2c, self.cnorm), parent)
+        lab = argmin(s)
         if not with_dist:
-            return argmin_rows(s)
-        lab = argmin_rows(s)
+            return lab
         m = ((self.centroids.index_select(0, lab) * x).sum(1).mul_(-2.0)
              .add_(self.cnorm.index_select(0, lab))) if self.price is not None else \
             s.gather(1, lab.unsqueeze(1)).squeeze(1)

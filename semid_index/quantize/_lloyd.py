@@ -119,9 +119,7 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = No
     def nearest() -> torch.Tensor:
         if n == 0:  # a rank of a distributed fit may hold no rows
             return torch.zeros(0, dtype=torch.int64, device=x.device)
-        return torch.cat([level.book.nearest(x[a:a + rows], parent=None if parent is None
-                                             else parent[a:a + rows])
-                          for a in range(0, n, rows)])
+        return level.book.nearest(x, parent=parent)
 
     def assign(rounds: int = ROUNDS_PER_ITERATION):
         if balance is not None:
