@@ -67,6 +67,38 @@ def test_row_parallel_nearest_equals_the_one_thread_path(monkeypatch):
 
 
 @pytest.mark.skipif(not mkldnn_available(), reason="this torch build has no oneDNN inner product")
+@pytest.mark.parametrize("dim,normalize", [(24, False), (160, False), (24, True)])
+def test_encode_on_the_row_pool_equals_one_thread(monkeypatch, dim, normalize):
+    """encode() spreads blocks over the row pool (residual form for D < K, cross-term form for
+    D >= K, normalised residuals): the codes equal the one-thread path's."""
+    from semid_index.quantize import ResidualKMeans, _inference
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(5)
+        x = torch.randn(12000, dim, generator=g)
+        books = [torch.randn(128, dim, generator=g) * 0.5 ** i for i in range(3)]
+        m = ResidualKMeans.from_codebooks(books, normalize_residuals=normalize)
+        used = []
+        real = _inference.row_parallel
+        monkeypatch.setattr(_inference, "row_parallel",
+                            lambda *a: used.append(real(*a)) or used[-1])
+        pooled = m.encode(x, batch_rows=1000)
+        monkeypatch.setattr(_inference, "row_parallel", lambda *a: False)
+        assert torch.equal(pooled, m.encode(x, batch_rows=1000))
+        assert used and all(u is (_kernels_omp() is not None) for u in used)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _kernels_omp():
+    from semid_index.quantize import _kernels
+
+    return _kernels._get_omp()
+
+
+@pytest.mark.skipif(not mkldnn_available(), reason="this torch build has no oneDNN inner product")
 def test_gemm_backends_give_the_same_codes():
     x, _ = gaussian_mixture(4000, 48, 30, seed=3)
     x = torch.from_numpy(x)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,8 @@ import torch
 from ..errors import DimensionMismatchError, EmptyInputError, InvalidCodesError, ModelFileError
 from ._bf16 import bf16_fast, check_precision
 from ._data import DEFAULT_CHUNK_BYTES, Source, as_float_tensor, check_batch, make_source
-from ._kernels import Codebook, Encoder, normalize_rows_, sq_dists
+from ._kernels import (Codebook, Encoder, cache_rows, normalize_rows_, row_parallel,
+                       sq_dists)
 from ._metrics import QualityReport, code_statistics
 
 if TYPE_CHECKING:
@@ -109,20 +111,30 @@ class CodesMixin:
         """Yield (codes (b, L) int64 CPU, residual norms list or None, input block) per block."""
         dev = self._device
         dim = self.n_features_in_
+        enc = encoder or self._encoder
         rows = batch_rows or max(1024, min(ENCODE_ROWS, ENCODE_FLOATS // max(dim, 1)))
         chunk_rows = max(rows, (DEFAULT_CHUNK_BYTES // (4 * dim)) // rows * rows)
         if src.dim is not None:  # an iterable's width is known only once read
             check_batch(torch.empty(0, src.dim), dim)
         work = torch.empty(rows, dim, device=dev)
+        # codes only, fp32 on the CPU: blocks spread over the row pool, each in a core's cache
+        # (at 64 codes or more: below, torch's threaded argmin of one large block is faster)
+        pooled = not with_residual and enc.bf16 is None and dev.type == "cpu" and \
+            max(enc.sizes) >= 64
         for chunk in src.chunks(chunk_rows, copy=False):
             if chunk.shape[1] != dim:
                 check_batch(chunk[:0], dim)
             chunk = chunk.to(dev)
+            if pooled:
+                codes = _pooled_codes(enc, chunk, batch_rows)
+                if codes is not None:
+                    yield codes, None, chunk
+                    continue
             for a in range(0, chunk.shape[0], rows):
                 blk = chunk[a:a + rows]
                 codes = torch.empty(blk.shape[0], len(self._books), dtype=torch.int64, device=dev)
                 norms: list[torch.Tensor] | None = [] if with_residual else None
-                (encoder or self._encoder).encode(blk, codes, work, norms)
+                enc.encode(blk, codes, work, norms)
                 yield codes.cpu(), norms, blk
 
     def predict(self, X) -> torch.Tensor:
@@ -296,3 +308,21 @@ class CodesMixin:
         if not prices or not any(bool(p.any()) for p in prices):
             return None
         return [p.detach().cpu().numpy().astype(np.float32, copy=True) for p in prices]
+
+
+def _pooled_codes(enc: Encoder, chunk: torch.Tensor, rows: int | None) -> torch.Tensor | None:
+    """Codes (n, L) int64 of a CPU chunk (n, D) from :func:`._kernels.row_parallel` (blocks of
+    ``rows``, default sized to a core's cache), or None where the pool is not used."""
+    n, dim = chunk.shape
+    width = sum(enc.sizes) if enc.cross else max(enc.sizes)
+    block = rows or cache_rows(width, dim)
+    codes = torch.empty(n, len(enc.sizes), dtype=torch.int64)
+    local = threading.local()  # one work buffer per pool thread
+
+    def encode(a: int, b: int) -> None:
+        work = getattr(local, "work", None)
+        if work is None:
+            work = local.work = torch.empty(block, dim)
+        enc.encode(chunk[a:b], codes[a:b], work)
+
+    return codes if row_parallel(n, block, encode) else None

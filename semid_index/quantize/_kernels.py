@@ -121,7 +121,7 @@ def argmin_rows(s: torch.Tensor) -> torch.Tensor:
         return s.argmin(1)
     a = s.detach().numpy()
     parts = min(torch.get_num_threads(), a.shape[0] // ARGMIN_SLICE)
-    if parts < 2:
+    if parts < 2 or in_row_pool():
         return torch.from_numpy(np.argmin(a, axis=1))
     out = np.empty(a.shape[0], dtype=np.int64)
     cuts = [a.shape[0] * i // parts for i in range(parts + 1)]
@@ -131,13 +131,6 @@ def argmin_rows(s: torch.Tensor) -> torch.Tensor:
 
     list(_row_pool(parts).map(one, range(parts)))
     return torch.from_numpy(out)
-
-
-def _argmin_serial(s: torch.Tensor) -> torch.Tensor:
-    """:func:`argmin_rows` in the calling thread (for code already running on the row pool)."""
-    if s.device.type != "cpu" or s.shape[1] < 64:
-        return s.argmin(1)
-    return torch.from_numpy(np.argmin(s.detach().numpy(), axis=1))
 
 
 #: Fewest rows per thread of a threaded argmin (below it one thread is as fast).
@@ -196,6 +189,13 @@ def _omp_library():
 
 _omp: object | None = None
 _omp_checked = False
+_local = threading.local()
+
+
+def in_row_pool() -> bool:
+    """True in a thread of the row pool: work there runs on that thread alone (a nested
+    :func:`row_parallel` or threaded argmin would wait on the pool it runs in)."""
+    return getattr(_local, "worker", False)
 
 
 def _get_omp():
@@ -210,6 +210,7 @@ def _one_omp_thread() -> None:
     first use, to torch's global thread count), then lower it to 1 for this thread only (an
     OpenMP thread count belongs to the thread that sets it). Torch's own setting, and every
     other thread's, are unchanged."""
+    _local.worker = True
     torch.get_num_threads()  # torch's lazy per-thread OpenMP initialisation happens here
     lib = _get_omp()
     if lib is not None:
@@ -230,7 +231,7 @@ def row_parallel(n: int, rows: int, fn) -> bool:
     """
     threads = torch.get_num_threads()
     if threads < 2 or n < 2 * rows or (_backend or get_gemm_backend()) != "mkldnn" \
-            or _get_omp() is None:
+            or in_row_pool() or _get_omp() is None:
         return False
     blocks = itertools.count()
     n_blocks = -(-n // rows)
@@ -248,10 +249,11 @@ def row_parallel(n: int, rows: int, fn) -> bool:
     return True
 
 
-def cache_rows(k: int) -> int:
-    """Rows per block of :func:`row_parallel` work: a (rows, k) float32 score block of about
-    2 MiB, a core's L2 cache on the machines measured; 256 to 4096 rows."""
-    return int(min(4096, max(256, (1 << 19) // max(k, 1))))
+def cache_rows(width: int, dim: int) -> int:
+    """Rows per block of :func:`row_parallel` work on rows of ``dim`` floats scored against
+    ``width`` centroids: the block and its scores in about 2 MiB, a core's L2 cache on the
+    machines measured; 512 to 4096 rows (smaller blocks make the GEMM itself slower)."""
+    return int(min(4096, max(512, (1 << 19) // max(width + dim, 1))))
 
 
 class Codebook:
@@ -298,14 +300,13 @@ class Codebook:
             dist = torch.empty(n, dtype=x.dtype) if with_dist else None
 
             def block(a: int, b: int) -> None:
-                got = self._nearest(x[a:b], with_dist, None if parent is None else parent[a:b],
-                                    _argmin_serial)
+                got = self._nearest(x[a:b], with_dist, None if parent is None else parent[a:b])
                 if dist is None:
                     lab[a:b] = got
                 else:
                     lab[a:b], dist[a:b] = got
 
-            if row_parallel(n, cache_rows(k), block):
+            if row_parallel(n, cache_rows(k, x.shape[1]), block):
                 return (lab, dist) if with_dist else lab
         rows = block_rows(k)
         if n <= rows:
@@ -317,9 +318,9 @@ class Codebook:
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         return torch.cat(parts)
 
-    def _nearest(self, x, with_dist, parent, argmin=argmin_rows):
+    def _nearest(self, x, with_dist, parent):
         s = self.priced(scores(x, self.neg2c, self.cnorm), parent)
-        lab = argmin(s)
+        lab = argmin_rows(s)
         if not with_dist:
             return lab
         m = ((self.centroids.index_select(0, lab) * x).sum(1).mul_(-2.0)
