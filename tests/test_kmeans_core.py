@@ -92,6 +92,33 @@ def test_encode_on_the_row_pool_equals_one_thread(monkeypatch, dim, normalize):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("value,kind", [(float("nan"), "non-finite"), (float("inf"), "non-finite"),
+                                        (1e30, "too large")])
+def test_encode_on_the_row_pool_names_the_first_bad_row(value, kind):
+    """Pool threads scan their own blocks for NaN/inf and overflow; a bad row anywhere gives
+    the same error as the one-thread scan, naming the first bad row (and column)."""
+    from semid_index.errors import NonFiniteError
+    from semid_index.quantize import ResidualKMeans
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(6)
+        m = ResidualKMeans.from_codebooks([torch.randn(64, 16, generator=g) for _ in range(2)])
+        x = torch.randn(12000, 16, generator=g).numpy()
+        x[9100, 3] = value
+        x[7321, 5] = value
+        with pytest.raises(NonFiniteError, match=kind) as err:
+            m.encode(x, batch_rows=1000)
+        assert err.value.row == 7321
+        if kind == "non-finite":
+            assert err.value.column == 5 and "in 2 row(s)" in str(err.value)
+        x[7321, 5] = x[9100, 3] = 0.0
+        assert m.encode(x, batch_rows=1000).shape == (12000, 2)
+    finally:
+        torch.set_num_threads(before)
+
+
 def _kernels_omp():
     from semid_index.quantize import _kernels
 

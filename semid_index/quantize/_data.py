@@ -104,13 +104,17 @@ class Source:
     dim: int | None
     n_rows: int | None
     checked: bool = False
+    name: str = "embeddings"  #: what error messages call the rows
 
     def chunks(self, rows: int, generator: torch.Generator | None = None,
-               copy: bool = True) -> Iterator[torch.Tensor]:
+               copy: bool = True, check: bool = True) -> Iterator[torch.Tensor]:
         """Yield chunks of at most ``rows`` rows; shuffled when ``generator`` is given.
 
         Chunks are fresh copies the caller may overwrite, unless ``copy=False``: then they may be
-        read-only views of the caller's data.
+        read-only views of the caller's data. With ``check=False`` such views may come back
+        unscanned for NaN/inf: the caller then checks every chunk itself (with
+        :func:`check_batch`, or a cheaper test that falls back to it), and the source does not
+        count as checked afterwards.
         """
         raise NotImplementedError
 
@@ -171,12 +175,12 @@ class ArraySource(Source):
             check_batch(t, None, row_offset=a, name=self.name)
         return t.contiguous()
 
-    def chunks(self, rows, generator=None, copy=True):
+    def chunks(self, rows, generator=None, copy=True, check=True):
         if generator is None:
             for a in range(0, self.n_rows, rows):
                 b = min(a + rows, self.n_rows)
-                yield self._rows(a, b) if copy else self._view(a, b)
-            self.checked = True
+                yield self._rows(a, b) if copy else self._view(a, b, check)
+            self.checked = self.checked or check
             return
         # Shuffled: each chunk gathers MIX_BLOCKS blocks from random places and shuffles their
         # rows, so data stored sorted (by category, by date) still gives mixed mini-batches while
@@ -189,8 +193,9 @@ class ArraySource(Source):
                            for a in starts[g:g + MIX_BLOCKS]])
             yield t[torch.randperm(t.shape[0], generator=generator)]
 
-    def _view(self, a: int, b: int) -> torch.Tensor:
-        """Rows a..b without a copy when the data already is C-contiguous float32 on the CPU."""
+    def _view(self, a: int, b: int, check: bool = True) -> torch.Tensor:
+        """Rows a..b without a copy when the data already is C-contiguous float32 on the CPU
+        (scanned for NaN/inf unless ``check`` is False)."""
         part = self.data[a:b]
         if isinstance(part, torch.Tensor):
             ok = part.dtype == torch.float32 and part.device.type == "cpu" and part.is_contiguous()
@@ -201,7 +206,7 @@ class ArraySource(Source):
             t = tensor_view(part) if ok else None
         if t is None:
             return self._rows(a, b)
-        if not self.checked:
+        if check and not self.checked:
             check_batch(t, None, row_offset=a, name=self.name)
         return t
 
@@ -315,7 +320,7 @@ class IterableSource(Source):
         self.n_rows = None
         self.dim = None
 
-    def chunks(self, rows, generator=None, copy=True):
+    def chunks(self, rows, generator=None, copy=True, check=True):
         """Batches are gathered into chunks of ``rows`` rows (a shuffle buffer when ``generator``
         is given), so mini-batches keep their size whatever size the batches come in."""
         seen = 0
