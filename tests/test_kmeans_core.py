@@ -54,7 +54,8 @@ def test_row_parallel_nearest_equals_the_one_thread_path(monkeypatch):
         assert torch.equal(lab, ref_lab) and torch.equal(dist, ref_dist)
         assert torch.equal(plain, ref_lab[:5000])
         omp = _kernels._get_omp()
-        assert ran[0] is (omp is not None)  # on Linux torch runs on OpenMP: the pool is used
+        assert ran[0] is _kernels.row_pool_available()  # on Linux: torch runs on OpenMP
+        assert ran[0] is (omp is not None) or _kernels.get_gemm_backend() != "mkldnn"
         assert ran[1] is False
         assert torch.get_num_threads() == 2
         if omp is not None:
@@ -89,6 +90,31 @@ def test_encode_on_the_row_pool_equals_one_thread(monkeypatch, dim, normalize):
         assert torch.equal(pooled, m.encode(x, batch_rows=1000))
         assert used and all(u is (_kernels_omp() is not None) for u in used)
     finally:
+        torch.set_num_threads(before)
+
+
+def test_the_row_pool_can_be_turned_off():
+    """set_row_pool(False) runs blocks one after another (nothing reaches the pool), with the
+    same codes; anything but a bool is refused."""
+    from semid_index.errors import ConfigError
+    from semid_index.quantize import ResidualKMeans, row_pool_available, set_row_pool
+    from semid_index.quantize import _kernels
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(7)
+        x = torch.randn(20000, 24, generator=g)
+        m = ResidualKMeans.from_codebooks([torch.randn(128, 24, generator=g) for _ in range(2)])
+        pooled = m.encode(x)
+        set_row_pool(False)
+        assert not row_pool_available()
+        assert _kernels.row_parallel(20000, 512, lambda a, b: None) is False
+        assert torch.equal(m.encode(x), pooled)
+        with pytest.raises(ConfigError, match="True or False"):
+            set_row_pool("no")  # type: ignore[arg-type]
+    finally:
+        set_row_pool(True)
         torch.set_num_threads(before)
 
 

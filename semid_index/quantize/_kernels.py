@@ -190,6 +190,27 @@ def _omp_library():
 _omp: object | None = None
 _omp_checked = False
 _local = threading.local()
+_pool_env = os.environ.get("SEMID_ROW_POOL")
+if _pool_env is not None and _pool_env not in ("0", "1"):  # pragma: no cover - misconfiguration
+    raise ConfigError(f"SEMID_ROW_POOL={_pool_env!r}: use 1 (use the row pool) or 0 (do not)")
+_pool_on = _pool_env != "0"
+
+
+def set_row_pool(enabled: bool) -> None:
+    """Turn the row pool (:func:`row_parallel`) on (default, where the build allows it) or
+    off: blocks then run one after another on torch's threads. The codes are the same either
+    way. (Environment: ``SEMID_ROW_POOL=0`` / ``1``.)"""
+    global _pool_on
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"set_row_pool takes True or False, got {enabled!r}")
+    _pool_on = enabled
+
+
+def row_pool_available() -> bool:
+    """Whether :func:`row_parallel` runs blocks on the row pool in this process: turned on,
+    several torch threads, the oneDNN GEMM route, and torch's OpenMP runtime found."""
+    return _pool_on and torch.get_num_threads() >= 2 and \
+        (_backend or get_gemm_backend()) == "mkldnn" and _get_omp() is not None
 
 
 def in_row_pool() -> bool:
@@ -220,8 +241,9 @@ def _one_omp_thread() -> None:
 def row_parallel(n: int, rows: int, fn) -> bool:
     """Run ``fn(a, b)`` on every row block [a, b) of ``rows`` rows of 0..n, spread over torch's
     thread count of pool threads that each run torch single-threaded, and return True; or
-    return False (nothing run) where that is not possible: one thread, fewer than two blocks,
-    no OpenMP runtime found, or the GEMM not on oneDNN (MKL's threads are not per thread).
+    return False (nothing run) where that is not possible: fewer than two blocks, called from
+    the pool, or not :func:`row_pool_available` (turned off, one thread, no OpenMP runtime
+    found, or the GEMM not on oneDNN: MKL's threads are not per thread).
 
     Why: a (rows, K) score block made by one thread and reduced by the same thread stays in
     that core's L2 cache; one GEMM split over all threads writes the whole block out to shared
@@ -229,10 +251,9 @@ def row_parallel(n: int, rows: int, fn) -> bool:
     traffic is a third of the time. Every block is computed exactly as in one thread, so the
     results do not depend on which thread took it. ``fn`` must not itself use the pool.
     """
-    threads = torch.get_num_threads()
-    if threads < 2 or n < 2 * rows or (_backend or get_gemm_backend()) != "mkldnn" \
-            or in_row_pool() or _get_omp() is None:
+    if n < 2 * rows or in_row_pool() or not row_pool_available():
         return False
+    threads = torch.get_num_threads()
     blocks = itertools.count()
     n_blocks = -(-n // rows)
     lock = threading.Lock()
