@@ -8,8 +8,9 @@ the even share, and/or no (group, code) holds more than a cap. The prices are th
 the size-constrained assignment problem (minimise the total squared distance subject to the size
 bounds), found by an auction: each round, every code with ``m`` rows too many raises its price by
 the ``m``-th smallest *regret* among its rows (the extra distance a row pays at its next best
-code), which moves those rows out, or, when none is over-full, every code ``m`` rows short lowers
-its price by the ``m``-th smallest extra cost of joining it. Warm-started from the previous Lloyd
+code), which moves those rows out, or, when none is over-full (and every other round while some
+code holds under half its lower bound, so that a code far from every row cannot starve),
+every code ``m`` rows short lowers its price by the ``m``-th smallest extra cost of joining it. Warm-started from the previous Lloyd
 iteration's prices, a few rounds per iteration suffice.
 
 The prices stay with the codebook: encoding new items adds them too, so items added after the
@@ -93,7 +94,7 @@ def balanced_prices(scores: torch.Tensor, groups: torch.Tensor | None, n_groups:
     # round costs the rows of the over-full codes, not all n x K (a fall rescores everything).
     lab, best, regret = _best_two(s + p[g], rows)
     stale = np.empty(0, dtype=np.int64)  # rows of the codes whose price rose last round
-    for _ in range(max_rounds):
+    for rnd in range(max_rounds):
         if stale.size:
             lab[stale], best[stale], regret[stale] = _best_two(s[stale] + p[g[stale]],
                                                                np.arange(stale.size))
@@ -107,7 +108,13 @@ def balanced_prices(scores: torch.Tensor, groups: torch.Tensor | None, n_groups:
             break
         if step is None:  # the overshoot, fixed for the call: a share of the typical regret
             step = OVERSHOOT * float(np.median(regret)) + 1e-7 * float(np.abs(best).max())
-        if full.size:
+        # one side per round (both at once overshoot and oscillate), over-full first; but a
+        # code left with under half its lower bound also gets every other round, or it can
+        # starve for good (a code far from every row, after a re-seed or beside outliers)
+        # while re-fitted centroids keep some code over-full
+        starved = under.size > 0 and bool(
+            (2 * counts[under] < np.repeat(lo_tol[:, 0], k)[under]).any())
+        if full.size and (not starved or rnd % 2 == 0):
             # the m cheapest rows of an over-full code (by regret: what moving costs them) are
             # the ones its price rise should move out. Their regrets must be current: a rise
             # elsewhere may have raised them since they were scored.
@@ -120,11 +127,14 @@ def balanced_prices(scores: torch.Tensor, groups: torch.Tensor | None, n_groups:
             starts = np.cumsum(counts[full]) - counts[full]
             over = counts[full] - high_flat[full]
             flat[full] += regret[order[starts + over - 1]] + step
-        elif under.size:  # (one side per round: both at once overshoot and oscillate)
-            a = s + p[g]
-            _lower(flat, a, best, lab, g, rows, k, n_groups, under,
-                   np.repeat(low, k)[under] - counts[under], step)
-            del a
+        elif under.size:
+            need = np.repeat(low, k)[under] - counts[under]
+            if n_groups == 1:
+                _lower_one_group(flat, s, best, lab, under, need, step)
+            else:
+                a = s + p[g]
+                _lower(flat, a, best, lab, g, rows, k, n_groups, under, need, step)
+                del a
             stale = rows  # prices fell: any row may move
     else:
         if stale.size:
@@ -150,6 +160,17 @@ def _lower(flat, a, best, lab, g, rows, k, n_groups, under, need, step) -> None:
     ok = need > 0
     under, need = under[ok], need[ok]
     flat[under] -= extra[order[starts[under] + need - 1]] + step
+
+
+def _lower_one_group(flat, s, best, lab, under, need, step) -> None:
+    """:func:`_lower` for one group (``flat`` (K,) are the prices, ``under`` codes): the same
+    prices, from an O(n) selection per code instead of one sort of every candidate."""
+    extra = s[:, under] + flat[under] - best[:, None]  # (n, u): the cost of joining each code
+    for j, (code, m) in enumerate(zip(under.tolist(), need.tolist())):
+        col = extra[lab != code, j]  # the rows not in it yet
+        m = min(m, col.size)
+        if m > 0:
+            flat[code] -= np.partition(col, m - 1)[m - 1] + step
 
 
 def _best_two(a: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
