@@ -10,7 +10,8 @@ bounds), found by an auction: each round, every code with ``m`` rows too many ra
 the ``m``-th smallest *regret* among its rows (the extra distance a row pays at its next best
 code), which moves those rows out, or, when none is over-full (and every other round while some
 code holds under half its lower bound, so that a code far from every row cannot starve),
-every code ``m`` rows short lowers its price by the ``m``-th smallest extra cost of joining it. Warm-started from the previous Lloyd
+every code ``m`` rows short lowers its price by the ``m``-th smallest extra cost of joining
+it. Warm-started from the previous Lloyd
 iteration's prices, a few rounds per iteration suffice.
 
 The prices stay with the codebook: encoding new items adds them too, so items added after the
@@ -128,13 +129,8 @@ def balanced_prices(scores: torch.Tensor, groups: torch.Tensor | None, n_groups:
             over = counts[full] - high_flat[full]
             flat[full] += regret[order[starts + over - 1]] + step
         elif under.size:
-            need = np.repeat(low, k)[under] - counts[under]
-            if n_groups == 1:
-                _lower_one_group(flat, s, best, lab, under, need, step)
-            else:
-                a = s + p[g]
-                _lower(flat, a, best, lab, g, rows, k, n_groups, under, need, step)
-                del a
+            _lower(flat, s, best, lab, g, k, under, np.repeat(low, k)[under] - counts[under],
+                   step)
             stale = rows  # prices fell: any row may move
     else:
         if stale.size:
@@ -142,35 +138,17 @@ def balanced_prices(scores: torch.Tensor, groups: torch.Tensor | None, n_groups:
     return torch.from_numpy(p).to(dev), torch.from_numpy(lab).to(dev)
 
 
-def _lower(flat, a, best, lab, g, rows, k, n_groups, under, need, step) -> None:
+def _lower(flat, s, best, lab, g, k, under, need, step) -> None:
     """Lower the prices ``flat`` (G K,) of codes ``under`` (flat (group, code) indices) by the
     ``need``-th smallest extra cost a row of the group not in the code pays to join it (plus
-    ``step``), so that about ``need`` rows come."""
-    want = np.zeros(n_groups * k, dtype=bool)
-    want[under] = True
-    cand = want.reshape(n_groups, k)[g]
-    cand[rows, lab] = False
-    r, c = np.nonzero(cand)
-    extra = a[r, c] - best[r]
-    target = g[r] * k + c
-    order = np.lexsort((extra, target))
-    avail = np.bincount(target, minlength=n_groups * k)
-    starts = np.cumsum(avail) - avail
-    need = np.minimum(need, avail[under])
-    ok = need > 0
-    under, need = under[ok], need[ok]
-    flat[under] -= extra[order[starts[under] + need - 1]] + step
-
-
-def _lower_one_group(flat, s, best, lab, under, need, step) -> None:
-    """:func:`_lower` for one group (``flat`` (K,) are the prices, ``under`` codes): the same
-    prices, from an O(n) selection per code instead of one sort of every candidate."""
-    extra = s[:, under] + flat[under] - best[:, None]  # (n, u): the cost of joining each code
-    for j, (code, m) in enumerate(zip(under.tolist(), need.tolist())):
-        col = extra[lab != code, j]  # the rows not in it yet
-        m = min(m, col.size)
+    ``step``), so that about ``need`` rows come: an O(n) selection per code."""
+    for u, m in zip(under.tolist(), need.tolist()):
+        group, code = divmod(u, k)
+        rows = (lab != code) if flat.size == k else (g == group) & (lab != code)
+        extra = s[rows, code] + flat[u] - best[rows]  # the cost of joining, as scored
+        m = min(m, extra.size)
         if m > 0:
-            flat[code] -= np.partition(col, m - 1)[m - 1] + step
+            flat[u] -= np.partition(extra, m - 1)[m - 1] + step
 
 
 def _best_two(a: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -63,6 +63,16 @@ def as_float_tensor(x, *, name: str = "embeddings") -> torch.Tensor:
     return t.contiguous()
 
 
+def _row_ok(t: torch.Tensor) -> torch.Tensor:
+    """Which rows of t (rows, D) :func:`check_batch` accepts: (rows,) bool."""
+    return torch.linalg.vector_norm(t, dim=1) <= MAX_NORM  # NaN/inf propagate; huge rows overflow
+
+
+def rows_ok(t: torch.Tensor) -> bool:
+    """Whether :func:`check_batch` accepts every row of t (the cheap test, without the error)."""
+    return bool(_row_ok(t).all())
+
+
 def check_batch(t: torch.Tensor, dim: int | None, *, row_offset: int = 0, name: str = "embeddings",
                 expected_from: str = "the model was trained with",
                 row_ids: np.ndarray | None = None) -> None:
@@ -75,8 +85,7 @@ def check_batch(t: torch.Tensor, dim: int | None, *, row_offset: int = 0, name: 
             f"{name} have dim={t.shape[1]} but {expected_from} dim={dim}")
     if not t.numel():
         return
-    norms = torch.linalg.vector_norm(t, dim=1)  # NaN/inf propagate; too large rows overflow
-    ok = norms <= MAX_NORM
+    ok = _row_ok(t)
     if bool(ok.all()):
         return
     bad_rows = (~ok).nonzero()[:, 0].cpu().numpy()

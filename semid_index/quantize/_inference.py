@@ -17,8 +17,8 @@ import torch
 
 from ..errors import DimensionMismatchError, EmptyInputError, InvalidCodesError, ModelFileError
 from ._bf16 import bf16_fast, check_precision
-from .._inputs import MAX_NORM
-from ._data import DEFAULT_CHUNK_BYTES, Source, as_float_tensor, check_batch, make_source
+from ._data import (DEFAULT_CHUNK_BYTES, Source, as_float_tensor, check_batch, make_source,
+                    rows_ok)
 from ._kernels import (Codebook, Encoder, cache_rows, normalize_rows_, row_parallel,
                        sq_dists)
 from ._metrics import QualityReport, code_statistics
@@ -133,11 +133,12 @@ class CodesMixin:
             start += chunk.shape[0]
             if pooled:
                 codes = _pooled_codes(enc, chunk, batch_rows, scan)
-                if codes is not None and codes is not _NOT_FINITE:
+                if scan and (codes is None or codes is False):
+                    # not on the pool after all, or a bad row: the full scan names it
+                    check_batch(chunk, None, row_offset=start - chunk.shape[0], name=src.name)
+                if isinstance(codes, torch.Tensor):
                     yield codes, None, chunk
                     continue
-                if scan:  # not on the pool after all, or a bad row: the full scan names it
-                    check_batch(chunk, None, row_offset=start - chunk.shape[0], name=src.name)
             for a in range(0, chunk.shape[0], rows):
                 blk = chunk[a:a + rows]
                 codes = torch.empty(blk.shape[0], len(self._books), dtype=torch.int64, device=dev)
@@ -318,16 +319,12 @@ class CodesMixin:
         return [p.detach().cpu().numpy().astype(np.float32, copy=True) for p in prices]
 
 
-#: What :func:`_pooled_codes` returns for a chunk with a NaN/inf or overflowing row.
-_NOT_FINITE = torch.empty(0)
-
-
 def _pooled_codes(enc: Encoder, chunk: torch.Tensor, rows: int | None,
-                  scan: bool) -> torch.Tensor | None:
+                  scan: bool) -> torch.Tensor | bool | None:
     """Codes (n, L) int64 of a CPU chunk (n, D) from :func:`._kernels.row_parallel` (blocks of
     ``rows``, default sized to a core's cache); None where the pool is not used (nothing was
-    run). With ``scan`` every block is first tested as :func:`check_batch` tests rows, and
-    ``_NOT_FINITE`` comes back when one fails."""
+    run). With ``scan`` every block is first tested with :func:`._data.rows_ok`, and False
+    comes back when one fails."""
     n, dim = chunk.shape
     width = sum(enc.sizes) if enc.cross else max(enc.sizes)
     block = rows or cache_rows(width, dim)
@@ -337,8 +334,8 @@ def _pooled_codes(enc: Encoder, chunk: torch.Tensor, rows: int | None,
 
     def encode(a: int, b: int) -> None:
         x = chunk[a:b]
-        if scan and not bool((torch.linalg.vector_norm(x, dim=1) <= MAX_NORM).all()):
-            bad.append(a)  # check_batch's test
+        if scan and not rows_ok(x):
+            bad.append(a)
             return
         work = getattr(local, "work", None)
         if work is None:
@@ -347,4 +344,4 @@ def _pooled_codes(enc: Encoder, chunk: torch.Tensor, rows: int | None,
 
     if not row_parallel(n, block, encode):
         return None
-    return _NOT_FINITE if bad else codes
+    return False if bad else codes

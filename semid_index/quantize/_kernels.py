@@ -20,7 +20,6 @@ codes.
 from __future__ import annotations
 
 import ctypes
-import itertools
 import os
 import re
 import threading
@@ -254,19 +253,18 @@ def row_parallel(n: int, rows: int, fn) -> bool:
     if n < 2 * rows or in_row_pool() or not row_pool_available():
         return False
     threads = torch.get_num_threads()
-    blocks = itertools.count()
-    n_blocks = -(-n // rows)
+    starts = iter(range(0, n, rows))
     lock = threading.Lock()
 
     def work(_: int) -> None:
         while True:  # blocks are taken in turn, so a thread slowed by a neighbour takes fewer
             with lock:
-                i = next(blocks)
-            if i >= n_blocks:
+                a = next(starts, None)
+            if a is None:
                 return
-            fn(i * rows, min(n, (i + 1) * rows))
+            fn(a, min(n, a + rows))
 
-    list(_row_pool(threads).map(work, range(min(threads, n_blocks))))
+    list(_row_pool(threads).map(work, range(min(threads, -(-n // rows)))))
     return True
 
 
