@@ -14,7 +14,9 @@ table with the identical DDL:
   same SELECT through the raw driver;
 - incremental add of 100 batches of 1,000 new items, encoding included (``SemanticIdIndex.add``),
   plus on SQLite the WAL checkpointing those writes owe (the background pass is waited for and
-  a last checkpoint runs, inside the timing); three rounds on fresh items, median reported.
+  a last checkpoint runs, inside the timing); three rounds on fresh items, each right after a
+  round of the raw driver inserting the same number of prebuilt rows into its table, median
+  reported, and the ratio taken round by round.
 
 With PostgreSQL, ``--writers 1,2,4`` also times that many processes adding batches of 1,000 to
 the same index at once (one thread each; the index's write lock serialises their writes, their
@@ -144,12 +146,13 @@ def raw_pg_load(url: str, rows) -> float:
     return dt
 
 
-def raw_adds(kind: str, target: str, packed_new: list[bytes], batch: int) -> float:
+def raw_adds(kind: str, target: str, packed_new: list[bytes], batch: int, tag: str) -> float:
     """rows/s of the raw driver inserting prebuilt rows (codes already computed, suffixes made
     up) into its 1M-row table, one transaction per batch, plus SQLite's checkpoint: the floor
     under ``add``, which also encodes, fingerprints, probes keys and allocates suffixes."""
     n = len(packed_new)
-    rows = [(1, 1, f"raw-add-{i}", c, 10_000_000 + i, 0) for i, c in enumerate(packed_new)]
+    base = 10_000_000 + 1_000_000 * int(tag)
+    rows = [(1, 1, f"raw-add-{tag}-{i}", c, base + i, 0) for i, c in enumerate(packed_new)]
     if kind == "sqlite":
         con = raw_sqlite(target)
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -235,13 +238,6 @@ def backend_run(kind: str, url: str, model, keys, codes, prefixes, extra, args, 
     else:
         raw_t = raw_pg_load(raw_conn_url, rows)
     del rows
-    new_codes = layout.pack(model.encode(extra[:args.add_batches * 1000]).numpy())  # round 1
-    raw_add = raw_adds(kind, raw_conn_url, new_codes, 1000)
-    if kind == "postgresql":
-        con = pg_connect(raw_conn_url)
-        con.execute("DROP TABLE raw_items")
-        con.commit()
-        con.close()
     ours_t, idx = ours_load(url, "bench", model, keys, codes)
     n = len(keys)
     res = {"load_ours": n / ours_t, "load_raw": n / raw_t}
@@ -260,10 +256,20 @@ def backend_run(kind: str, url: str, model, keys, codes, prefixes, extra, args, 
         with idx._store.engine.connect() as c:
             c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     time_adds(idx, extra[-1000:], 1000, 1, "warm")  # first add loads the codebooks
+    # rounds alternate the raw driver and ours, each on new items, so both see the same state
+    # of the machine and of their (equally grown) tables; the ratio is taken per round
     per_round = args.add_batches * 1000
-    res["add"] = [time_adds(idx, extra[r * per_round:(r + 1) * per_round], 1000,
-                            args.add_batches, f"{kind}-{r}") for r in range(args.add_rounds)]
-    res["add_raw"] = raw_add
+    res["add"], res["add_raw"] = [], []
+    for r in range(args.add_rounds):
+        x = extra[r * per_round:(r + 1) * per_round]
+        res["add_raw"].append(raw_adds(kind, raw_conn_url, layout.pack(model.encode(x).numpy()),
+                                       1000, str(r)))
+        res["add"].append(time_adds(idx, x, 1000, args.add_batches, f"{kind}-{r}"))
+    if kind == "postgresql":
+        con = pg_connect(raw_conn_url)
+        con.execute("DROP TABLE raw_items")
+        con.commit()
+        con.close()
     idx.close()
     return res
 
@@ -372,13 +378,15 @@ def main() -> None:
             op50, op99, rp50, rp99 = r[f"prefix{depth}"]
             print(f"| {name} | prefix depth {depth} p50 / p99 µs | {op50:.0f} / {op99:.0f} | "
                   f"{rp50:.0f} / {rp99:.0f} | {op50 / rp50:.2f}x p50 |")
-        adds = r["add"]
-        mid = float(np.median(adds))
+        adds, raws = r["add"], r["add_raw"]
+        ratios = [a / b for a, b in zip(adds, raws)]
         raw_how = "prebuilt rows, checkpoints in the commit" if name == "SQLite" else \
             "prebuilt rows"
-        print(f"| {name} | add, batches of 1,000, items/s (median of {len(adds)} rounds; "
-              f"min-max) | {mid:,.0f} ({min(adds):,.0f}-{max(adds):,.0f}; encoding included) | "
-              f"{r['add_raw']:,.0f} ({raw_how}) | {mid / r['add_raw']:.0%} |")
+        print(f"| {name} | add, batches of 1,000, items/s (median of {len(adds)} rounds, "
+              f"alternating with the raw driver; min-max) | {np.median(adds):,.0f} "
+              f"({min(adds):,.0f}-{max(adds):,.0f}; encoding included) | "
+              f"{np.median(raws):,.0f} ({min(raws):,.0f}-{max(raws):,.0f}; {raw_how}) | "
+              f"{np.median(ratios):.0%} (per round: {', '.join(f'{v:.0%}' for v in ratios)}) |")
         for n, (rate, _) in r.get("writers", {}).items():
             one = r["writers"][min(r["writers"])][0]
             print(f"| {name} | add, {n} concurrent writer process(es) x {args.writer_batches} x "

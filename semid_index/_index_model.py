@@ -169,6 +169,9 @@ class _NoBar:
     def update(self, n: int) -> None:
         pass
 
+    def reset(self) -> None:
+        pass
+
     def __enter__(self):
         return self
 

@@ -76,6 +76,8 @@ class SemanticIdIndex(IndexModel):
         self._store = store
         self._record = record
         self._model_cache: tuple[int, ResidualKMeans] | None = None
+        # add() inserts before probing keys while its last probe found none (see add)
+        self._adds_new = True
 
     # ================================================================== life cycle
     @classmethod
@@ -351,9 +353,18 @@ class SemanticIdIndex(IndexModel):
                 _check_dim(x, rec.dim)
                 codes, _ = self._encode(self._model_in(conn, rec, version), x, False, fps=False)
             space = rec.space(version)
-            found = self._store.reads.find(conn, space, keys)
-            plan = plan_add(keys, codes, fps, found, on_conflict)
             cap = rec.options.get("max_per_code")
+            if cap is None and self._adds_new:  # insert first: its key check is the probe
+                suffixes = self._store.writes.insert_if_new(conn, space, keys, codes, fps,
+                                                            bar.update)
+                if suffixes is not None:
+                    return [SemanticId._trusted(tuple(levels), suffix) for levels, suffix
+                            in zip(codes.tolist(), suffixes.tolist())]
+                bar.reset()
+            found = self._store.reads.find(conn, space, keys)
+            # the insert-first guess is made again once an add finds no key it already holds
+            self._adds_new = not found
+            plan = plan_add(keys, codes, fps, found, on_conflict)
             if cap is not None and len(plan.new):
                 codes = self._relocated(conn, space, rec, version, x, codes, plan.new, cap)
             bar.update(len(plan.kept))

@@ -182,6 +182,50 @@ def test_batch_mixing_new_and_existing_keys(index, data):
     assert again[3] != old[1] and index.lookup(keys[1]) == again[3]
 
 
+def test_a_large_add_runs_suffixes_on_across_statements_and_takes_back_a_late_conflict(db_url):
+    """An add larger than one INSERT statement (5,000 rows on PostgreSQL) onto 4 full codes:
+    every code's new suffixes follow its issued ones densely, in input order, across the
+    statements. A later add whose key 10,500 is already indexed writes nothing twice: the rows
+    inserted before that key is met are taken back, and the add then gives every row its ID
+    (or, for a changed embedding, raises and leaves the database as it was)."""
+    x, _ = gaussian_mixture(23_100, 8, 4, seed=5)
+    with SemanticIdIndex.create(db_url, "big-add", n_levels=2, codebook_size=2, seed=0) as idx:
+        idx.fit([f"f{i}" for i in range(100)], x[:100])
+        issued = Counter(s.levels for s in idx.lookup_many([f"f{i}" for i in range(100)]))
+        new = idx.add([f"a{i}" for i in range(12_000)], x[100:12_100])
+        codes = [tuple(c) for c in idx.encode(x[100:12_100]).tolist()]
+        assert [s.levels for s in new] == codes
+        assert [s.suffix for s in new] == [v - 1 for v in _running_counts(codes, issued)]
+        assert len(set(new)) == 12_000 and idx.count() == 12_100
+
+        keys = [f"b{i}" for i in range(11_000)]
+        emb = x[12_100:23_100].copy()
+        keys[10_500], emb[10_500] = "a7", x[107]  # already indexed, same embedding
+        state = dump_tables(index_url(idx))
+        moved = emb.copy()
+        moved[10_500] += 10.0
+        with pytest.raises(ItemConflictError, match="a7"):
+            idx.add(keys, moved)
+        assert dump_tables(index_url(idx)) == state
+        got = idx.add(keys, emb)
+        assert got[10_500] == new[7] and idx.count() == 12_100 + 10_999
+        codes = [tuple(c) for c in idx.encode(emb).tolist()]
+        fresh = [i for i in range(11_000) if i != 10_500]
+        issued.update(s.levels for s in new)
+        want = _running_counts([codes[i] for i in fresh], issued)
+        assert [got[i].suffix for i in fresh] == [v - 1 for v in want]
+
+
+def _running_counts(codes: list[tuple], start: Counter) -> list[int]:
+    """For each row, how many items of its code there are up to and including it."""
+    seen = Counter(start)
+    out = []
+    for c in codes:
+        seen[c] += 1
+        out.append(seen[c])
+    return out
+
+
 def index_url(index):
     return index._store.engine.url.render_as_string(hide_password=False)
 

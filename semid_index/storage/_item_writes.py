@@ -4,7 +4,8 @@ retirement of IDs, fingerprint updates.
 Every method runs inside the caller's write transaction (which holds the index's write lock)
 and takes (N, L) code arrays; suffixes come back as (N,) int64 arrays. Inputs are valid (the
 facade validated them) and the keys of :meth:`ItemWrites.insert_new` are not in the version
-(the facade probed them under the same lock): nothing here decides what to write.
+(the facade probed them under the same lock, or lets :meth:`ItemWrites.insert_if_new` find
+out): nothing here decides what to write.
 
 Suffix allocation: an item's suffix is one more than every suffix its code ever had in the
 version, live or retired, so an ID once issued is never issued again.
@@ -12,6 +13,7 @@ version, live or retired, so an ID once issued is never issued again.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from datetime import datetime, timezone
@@ -25,13 +27,14 @@ from ..errors import StoreError
 from ._catalog import Space
 from ._codes import group_suffixes
 from ._item_reads import IN_CHUNK, PG_CHUNK
-from ._schema import items, retired
-from ._sql import PG_MAX_SUFFIX, SQLITE_INSERT, driver_connection
+from ._schema import NAMING_CONVENTION, items, retired
+from ._sql import PG_INSERT, SQLITE_INSERT, driver_connection
 
 __all__ = ["ItemWrites"]
 
 BULK_BATCH = 50_000  # rows per executemany call or COPY stretch (progress granularity)
 _COLS = "index_id, version, item_key, code, suffix, fingerprint"
+_PG_KEY_CONSTRAINT = NAMING_CONVENTION["pk"] % {"table_name": items.name}
 
 Progress = Callable[[int], object] | None
 
@@ -70,19 +73,46 @@ class ItemWrites:
                    codes: np.ndarray, fingerprints: np.ndarray,
                    progress: Progress = None) -> np.ndarray:
         """Insert items whose keys are not in the version, each with the next suffix never
-        issued for its code, in input order among equal codes. Returns the suffixes (N,)."""
+        issued for its code, in input order among equal codes. Returns the suffixes (N,).
+        The suffixes are computed inside the INSERT on both backends (no read before it)."""
         if len(keys) == 0:
             return np.zeros(0, dtype=np.int64)
         packed = space.layout.pack(codes)
         if self.dialect == "sqlite":
             return self._sqlite_insert(conn, space, keys, packed, fingerprints, progress)
-        nxt = self._next_suffixes(conn, space, sorted(set(packed)))  # in index order
-        suffixes = np.empty(len(keys), dtype=np.int64)
-        for i, code in enumerate(packed):
-            suffixes[i] = nxt[code]
-            nxt[code] += 1
-        self._bulk(conn, space, keys, packed, suffixes, fingerprints, progress)
+        return self._pg_insert(conn, space, keys, packed, fingerprints, progress)
+
+    def insert_if_new(self, conn: Connection, space: Space, keys: Sequence[str],
+                      codes: np.ndarray, fingerprints: np.ndarray,
+                      progress: Progress = None) -> np.ndarray | None:
+        """:meth:`insert_new` on the guess that none of ``keys`` is in the version: the
+        INSERT's own primary-key check is the probe, so none runs before it. If a key is there,
+        everything this call wrote is rolled back (to a savepoint; the transaction goes on) and
+        None is returned: the caller then probes the keys and decides. Any other failure
+        raises."""
+        raw = driver_connection(conn)
+        with closing(raw.cursor()) as cur:
+            cur.execute("SAVEPOINT semid_insert_if_new")
+            try:
+                suffixes = self.insert_new(conn, space, keys, codes, fingerprints, progress)
+            except Exception as e:
+                if not self._key_taken(e):
+                    raise
+                cur.execute("ROLLBACK TO SAVEPOINT semid_insert_if_new")
+                cur.execute("RELEASE SAVEPOINT semid_insert_if_new")
+                return None
+            cur.execute("RELEASE SAVEPOINT semid_insert_if_new")
         return suffixes
+
+    def _key_taken(self, e: Exception) -> bool:
+        """Whether driver error ``e`` is a duplicate (index, version, item key)."""
+        if self.dialect == "sqlite":
+            return isinstance(e, sqlite3.IntegrityError) and str(e).startswith(
+                "UNIQUE constraint failed: semid_items.index_id, semid_items.version, "
+                "semid_items.item_key")
+        diag = getattr(e, "diag", None)
+        return getattr(e, "sqlstate", None) == "23505" and diag is not None and \
+            diag.constraint_name == _PG_KEY_CONSTRAINT
 
     def retire(self, conn: Connection, space: Space,
                rows: Mapping[str, tuple[tuple[int, ...], int]]) -> None:
@@ -177,22 +207,30 @@ class ItemWrites:
         suffixes[order] = issued
         return suffixes
 
-    def _next_suffixes(self, conn: Connection, space: Space,
-                       codes: Sequence[bytes]) -> dict[bytes, int]:
-        """code -> first suffix never issued for it (live items and retired IDs); 0 if unused.
-        PostgreSQL's allocation (SQLite's happens inside its INSERT)."""
-        out = dict.fromkeys(codes, 0)
-        tables = ["semid_items"] + (["semid_retired"] if self._has_retired(conn, space) else [])
+    def _pg_insert(self, conn: Connection, space: Space, keys: Sequence[str],
+                   packed: list[bytes], fingerprints: np.ndarray,
+                   progress: Progress) -> np.ndarray:
+        """PostgreSQL: one INSERT ... SELECT per PG_CHUNK rows, suffixes computed in it
+        (PG_INSERT); a later chunk sees the rows of the earlier ones, so its suffixes follow
+        theirs."""
+        sql = PG_INSERT[self._has_retired(conn, space)]
+        n = len(keys)
+        fps = fingerprints.tolist()
+        suffixes = np.empty(n, dtype=np.int64)
         with closing(driver_connection(conn).cursor()) as cur:
-            for table in tables:
-                for a in range(0, len(codes), PG_CHUNK):
-                    cur.execute(PG_MAX_SUFFIX.format(table=table),
-                                {"codes": list(codes[a:a + PG_CHUNK]), "ix": space.index_id,
-                                 "v": space.version})
-                    for code, top in cur.fetchall():
-                        code = bytes(code)
-                        out[code] = max(out[code], top + 1)
-        return out
+            for a in range(0, n, PG_CHUNK):
+                part = list(keys[a:a + PG_CHUNK])
+                cur.execute(sql, {"ix": space.index_id, "v": space.version, "keys": part,
+                                  "codes": packed[a:a + PG_CHUNK], "fps": fps[a:a + PG_CHUNK]})
+                issued = dict(cur.fetchall())
+                if len(issued) != len(part):
+                    raise StoreError(f"the INSERT issued {len(issued)} suffixes for "
+                                     f"{len(part)} rows in {self.url}",
+                                     operation="insert items", url=self.url)
+                suffixes[a:a + len(part)] = [issued[k] for k in part]
+                if progress:
+                    progress(len(part))
+        return suffixes
 
     def _has_retired(self, conn: Connection, space: Space) -> bool:
         """Whether the version ever retired an ID (only then do allocations consult them).

@@ -75,12 +75,24 @@ def key_probe_sql(dialect: str) -> str:
             "index_id = %(ix)s AND version = %(v)s AND item_key = q.k) AS s ON true")
 
 
-# PostgreSQL: the largest suffix of each of many codes in a table (items or retired IDs), one
-# index seek per code. (SQLite allocates suffixes inside its INSERT: SQLITE_INSERT.)
-PG_MAX_SUFFIX = (
-    "SELECT q.c, s.m FROM unnest(%(codes)b::bytea[]) AS q(c) JOIN LATERAL (SELECT max(suffix) "
-    "AS m FROM {table} WHERE index_id = %(ix)s AND version = %(v)s AND code = q.c) AS s "
-    "ON s.m IS NOT NULL")
+_PG_TOP = ("(SELECT max(suffix) FROM {table} WHERE index_id = %(ix)s AND version = %(v)s AND "
+           "code = q.c)")
+# PostgreSQL: insert new items (arrays of keys, codes, fingerprints) in one statement, each with
+# the next suffix never issued for its code: the largest suffix the code has (one index seek per
+# row, which lands on the leaf the row then goes to; the rows are inserted in code order) plus
+# the row's rank among the batch's rows of that code, in input order. RETURNING gives each key
+# its suffix. [the version has retired IDs]
+PG_INSERT = {
+    has_retired: "INSERT INTO semid_items (index_id, version, item_key, code, suffix, "
+    "fingerprint) SELECT %(ix)s, %(v)s, q.k, q.c, " + (
+        f"greatest({_PG_TOP.format(table='semid_items')}, "
+        f"{_PG_TOP.format(table='semid_retired')}, -1)" if has_retired else
+        f"coalesce({_PG_TOP.format(table='semid_items')}, -1)") +
+    " + row_number() OVER (PARTITION BY q.c ORDER BY q.o), q.f FROM unnest(%(keys)b::text[], "
+    "%(codes)b::bytea[], %(fps)b::int8[]) WITH ORDINALITY AS q(k, c, f, o) "
+    "RETURNING item_key, suffix"
+    for has_retired in (False, True)
+}
 
 _NEXT = ("coalesce((SELECT max(suffix) FROM {table} WHERE index_id = ?1 AND version = ?2 AND "
          "code = ?4), -1)")
