@@ -30,8 +30,17 @@ def test_nearest_matches_brute_force_in_blocks(monkeypatch):
     assert torch.allclose(dist, ref.min(1).values, rtol=1e-4, atol=1e-4)
 
 
+@pytest.fixture
+def pool_any_size(monkeypatch):
+    """The row pool for calls of any size (by default only calls of POOL_MIN_SCORES scores or
+    more use it, far larger than a test's)."""
+    from semid_index.quantize import _kernels
+
+    monkeypatch.setattr(_kernels, "POOL_MIN_SCORES", 0)
+
+
 @pytest.mark.skipif(not mkldnn_available(), reason="this torch build has no oneDNN inner product")
-def test_row_parallel_nearest_equals_the_one_thread_path(monkeypatch):
+def test_row_parallel_nearest_equals_the_one_thread_path(monkeypatch, pool_any_size):
     """Blocks spread over single-threaded pool threads give exactly the codes and distances of
     the plain path (prices and parent codes included), run where the build allows it, and
     leave torch's thread count and the caller's OpenMP setting alone."""
@@ -69,7 +78,8 @@ def test_row_parallel_nearest_equals_the_one_thread_path(monkeypatch):
 
 @pytest.mark.skipif(not mkldnn_available(), reason="this torch build has no oneDNN inner product")
 @pytest.mark.parametrize("dim,normalize", [(24, False), (160, False), (24, True)])
-def test_encode_on_the_row_pool_equals_one_thread(monkeypatch, dim, normalize):
+def test_encode_on_the_row_pool_equals_one_thread(monkeypatch, dim, normalize,
+                                                   pool_any_size):
     """encode() spreads blocks over the row pool (residual form for D < K, cross-term form for
     D >= K, normalised residuals): the codes equal the one-thread path's."""
     from semid_index.quantize import ResidualKMeans, _inference
@@ -93,7 +103,7 @@ def test_encode_on_the_row_pool_equals_one_thread(monkeypatch, dim, normalize):
         torch.set_num_threads(before)
 
 
-def test_the_row_pool_can_be_turned_off():
+def test_the_row_pool_can_be_turned_off(pool_any_size):
     """set_row_pool(False) runs blocks one after another (nothing reaches the pool), with the
     same codes; anything but a bool is refused."""
     from semid_index.errors import ConfigError
@@ -118,9 +128,33 @@ def test_the_row_pool_can_be_turned_off():
         torch.set_num_threads(before)
 
 
+def test_only_calls_with_enough_scores_go_to_the_row_pool(monkeypatch):
+    """A call goes to the row pool only with 64 codes or more and at least POOL_MIN_SCORES
+    scores (rows x codes; for encode, rows x all levels' codes): smaller ones stay off it."""
+    from semid_index.quantize import ResidualKMeans, _inference, _kernels
+
+    calls = []
+    monkeypatch.setattr(_kernels, "row_parallel", lambda n, *a: calls.append(n) or False)
+    monkeypatch.setattr(_inference, "row_parallel", lambda n, *a: calls.append(n) or False)
+    monkeypatch.setattr(_kernels, "POOL_MIN_SCORES", 4000 * 128)
+    g = torch.Generator().manual_seed(8)
+    book = Codebook(torch.randn(128, 8, generator=g))
+    book.nearest(torch.randn(3999, 8, generator=g))
+    assert calls == []
+    book.nearest(torch.randn(4000, 8, generator=g))
+    assert calls == [4000]
+    Codebook(torch.randn(32, 8, generator=g)).nearest(torch.randn(50000, 8, generator=g))
+    assert calls == [4000]  # under 64 codes: never
+    m = ResidualKMeans.from_codebooks([torch.randn(64, 8, generator=g) for _ in range(2)])
+    m.encode(torch.randn(3999, 8, generator=g))  # 3,999 x 128 scores
+    assert calls == [4000]
+    m.encode(torch.randn(4000, 8, generator=g))
+    assert calls == [4000, 4000]
+
+
 @pytest.mark.parametrize("value,kind", [(float("nan"), "non-finite"), (float("inf"), "non-finite"),
                                         (1e30, "too large")])
-def test_encode_on_the_row_pool_names_the_first_bad_row(value, kind):
+def test_encode_on_the_row_pool_names_the_first_bad_row(value, kind, pool_any_size):
     """Pool threads scan their own blocks for NaN/inf and overflow; a bad row anywhere gives
     the same error as the one-thread scan, naming the first bad row (and column)."""
     from semid_index.errors import NonFiniteError

@@ -237,6 +237,21 @@ def _one_omp_thread() -> None:
         lib.omp_set_num_threads(1)
 
 
+#: Fewest scores (rows x codes) one call needs before it goes to the row pool. Each call pays
+#: a fixed hand-over: the pool threads wake, and torch's own OpenMP workers spin for a while
+#: after the caller's last parallel region, taking a core from them. On 2 cores, fits of 9k-100k
+#: rows ran 4-30% slower on the pool and fits of 200k-400k rows 12-21% faster (D = 32-384,
+#: K = 128-256; MovieLens 9,066 x 384 at 3 x 256: 0.78 s on the pool, 0.61 s without).
+POOL_MIN_SCORES = 1 << 25
+
+
+def use_row_pool(n: int, k: int) -> bool:
+    """Whether a call scoring ``n`` rows against ``k`` codes each (k >= 64) is worth the row
+    pool (:data:`POOL_MIN_SCORES`); below 64 codes torch's threaded argmin of one large block
+    is as fast."""
+    return k >= 64 and n * k >= POOL_MIN_SCORES
+
+
 def row_parallel(n: int, rows: int, fn) -> bool:
     """Run ``fn(a, b)`` on every row block [a, b) of ``rows`` rows of 0..n, spread over torch's
     thread count of pool threads that each run torch single-threaded, and return True; or
@@ -307,14 +322,13 @@ class Codebook:
         the level above is ``parent`` (B,)): labels (B,) int64 [, squared dist (B,)].
 
         Processed in row blocks so the score matrix stays small for any K; on a CPU with
-        several threads and K >= 64, blocks that fit a core's cache, one per thread at a time
-        (:func:`row_parallel`: GloVe's 400k x 50 rows against 256 centroids in 46 ms instead of
-        63, against 64 in 22 instead of 28). Below 64 codes torch's threaded argmin of one
-        large block is as fast, and a fit ran slower on the row pool.
+        several threads and a large call (:func:`use_row_pool`), blocks that fit a core's
+        cache, one per thread at a time (:func:`row_parallel`: GloVe's 400k x 50 rows against
+        256 centroids in 46 ms instead of 63, against 64 in 22 instead of 28).
         """
         k = self.centroids.shape[0]
         n = x.shape[0]
-        if x.device.type == "cpu" and k >= 64:
+        if x.device.type == "cpu" and use_row_pool(n, k):
             lab = torch.empty(n, dtype=torch.int64)
             dist = torch.empty(n, dtype=x.dtype) if with_dist else None
 
