@@ -128,14 +128,15 @@ def test_the_row_pool_can_be_turned_off(pool_any_size):
         torch.set_num_threads(before)
 
 
-def test_only_calls_with_enough_scores_go_to_the_row_pool(monkeypatch):
-    """A call goes to the row pool only with 64 codes or more and at least POOL_MIN_SCORES
-    scores (rows x codes; for encode, rows x all levels' codes): smaller ones stay off it."""
+def test_only_searches_with_enough_scores_go_to_the_row_pool(monkeypatch):
+    """A nearest-centroid search goes to the row pool only with 64 codes or more and at least
+    POOL_MIN_SCORES scores (rows x codes); smaller ones stay off it. Encoding hands over once
+    per chunk and takes the pool at any size (64 codes or more)."""
     from semid_index.quantize import ResidualKMeans, _inference, _kernels
 
     calls = []
     monkeypatch.setattr(_kernels, "row_parallel", lambda n, *a: calls.append(n) or False)
-    monkeypatch.setattr(_inference, "row_parallel", lambda n, *a: calls.append(n) or False)
+    monkeypatch.setattr(_inference, "row_parallel", lambda n, *a: calls.append(-n) or False)
     monkeypatch.setattr(_kernels, "POOL_MIN_SCORES", 4000 * 128)
     g = torch.Generator().manual_seed(8)
     book = Codebook(torch.randn(128, 8, generator=g))
@@ -146,10 +147,8 @@ def test_only_calls_with_enough_scores_go_to_the_row_pool(monkeypatch):
     Codebook(torch.randn(32, 8, generator=g)).nearest(torch.randn(50000, 8, generator=g))
     assert calls == [4000]  # under 64 codes: never
     m = ResidualKMeans.from_codebooks([torch.randn(64, 8, generator=g) for _ in range(2)])
-    m.encode(torch.randn(3999, 8, generator=g))  # 3,999 x 128 scores
-    assert calls == [4000]
-    m.encode(torch.randn(4000, 8, generator=g))
-    assert calls == [4000, 4000]
+    m.encode(torch.randn(3000, 8, generator=g))
+    assert calls == [4000, -3000]
 
 
 @pytest.mark.parametrize("value,kind", [(float("nan"), "non-finite"), (float("inf"), "non-finite"),

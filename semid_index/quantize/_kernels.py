@@ -237,11 +237,12 @@ def _one_omp_thread() -> None:
         lib.omp_set_num_threads(1)
 
 
-#: Fewest scores (rows x codes) one call needs before it goes to the row pool. Each call pays
-#: a fixed hand-over: the pool threads wake, and torch's own OpenMP workers spin for a while
-#: after the caller's last parallel region, taking a core from them. On 2 cores, fits of 9k-100k
-#: rows ran 4-30% slower on the pool and fits of 200k-400k rows 12-21% faster (D = 32-384,
-#: K = 128-256; MovieLens 9,066 x 384 at 3 x 256: 0.78 s on the pool, 0.61 s without).
+#: Fewest scores (rows x codes) a nearest-centroid search needs before it goes to the row pool.
+#: Each call pays a fixed hand-over: the pool threads wake, and torch's own OpenMP workers spin
+#: for a while after the caller's last parallel region, taking a core from them; a fit makes
+#: tens of such calls per level. On 2 cores, fits of 9k-100k rows ran 4-30% slower on the pool
+#: and fits of 200k-400k rows 12-21% faster (D = 32-384, K = 128-256; MovieLens 9,066 x 384 at
+#: 3 x 256: 0.78 s on the pool, 0.61 s without).
 POOL_MIN_SCORES = 1 << 25
 
 
