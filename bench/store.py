@@ -146,13 +146,13 @@ def raw_pg_load(url: str, rows) -> float:
     return dt
 
 
-def raw_adds(kind: str, target: str, packed_new: list[bytes], batch: int, tag: str) -> float:
+def raw_adds(kind: str, target: str, packed_new: list[bytes], batch: int, round_: int) -> float:
     """rows/s of the raw driver inserting prebuilt rows (codes already computed, suffixes made
     up) into its 1M-row table, one transaction per batch, plus SQLite's checkpoint: the floor
     under ``add``, which also encodes, fingerprints, probes keys and allocates suffixes."""
     n = len(packed_new)
-    base = 10_000_000 + 1_000_000 * int(tag)
-    rows = [(1, 1, f"raw-add-{tag}-{i}", c, base + i, 0) for i, c in enumerate(packed_new)]
+    base = 10_000_000 + 1_000_000 * round_
+    rows = [(1, 1, f"raw-add-{round_}-{i}", c, base + i, 0) for i, c in enumerate(packed_new)]
     if kind == "sqlite":
         con = raw_sqlite(target)
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -263,7 +263,7 @@ def backend_run(kind: str, url: str, model, keys, codes, prefixes, extra, args, 
     for r in range(args.add_rounds):
         x = extra[r * per_round:(r + 1) * per_round]
         res["add_raw"].append(raw_adds(kind, raw_conn_url, layout.pack(model.encode(x).numpy()),
-                                       1000, str(r)))
+                                       1000, r))
         res["add"].append(time_adds(idx, x, 1000, args.add_batches, f"{kind}-{r}"))
     if kind == "postgresql":
         con = pg_connect(raw_conn_url)

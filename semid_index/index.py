@@ -354,25 +354,26 @@ class SemanticIdIndex(IndexModel):
                 codes, _ = self._encode(self._model_in(conn, rec, version), x, False, fps=False)
             space = rec.space(version)
             cap = rec.options.get("max_per_code")
+            suffixes = None
             if cap is None and self._adds_new:  # insert first: its key check is the probe
                 suffixes = self._store.writes.insert_if_new(conn, space, keys, codes, fps,
                                                             bar.update)
-                if suffixes is not None:
-                    return [SemanticId._trusted(tuple(levels), suffix) for levels, suffix
-                            in zip(codes.tolist(), suffixes.tolist())]
+            if suffixes is not None:  # every key was new
+                plan = plan_add(keys, codes, fps, {}, on_conflict)
+            else:
                 bar.reset()
-            found = self._store.reads.find(conn, space, keys)
-            # the insert-first guess is made again once an add finds no key it already holds
-            self._adds_new = not found
-            plan = plan_add(keys, codes, fps, found, on_conflict)
-            if cap is not None and len(plan.new):
-                codes = self._relocated(conn, space, rec, version, x, codes, plan.new, cap)
-            bar.update(len(plan.kept))
-            self._store.writes.retire(conn, space, plan.retire)
-            self._store.writes.set_fingerprints(conn, space, plan.refresh)
-            suffixes = self._store.writes.insert_new(
-                conn, space, [keys[i] for i in plan.new.tolist()], codes[plan.new],
-                fps[plan.new], bar.update)
+                found = self._store.reads.find(conn, space, keys)
+                # the insert-first guess is made again once an add finds no key it holds
+                self._adds_new = not found
+                plan = plan_add(keys, codes, fps, found, on_conflict)
+                if cap is not None and len(plan.new):
+                    codes = self._relocated(conn, space, rec, version, x, codes, plan.new, cap)
+                bar.update(len(plan.kept))
+                self._store.writes.retire(conn, space, plan.retire)
+                self._store.writes.set_fingerprints(conn, space, plan.refresh)
+                suffixes = self._store.writes.insert_new(
+                    conn, space, [keys[i] for i in plan.new.tolist()], codes[plan.new],
+                    fps[plan.new], bar.update)
         return [SemanticId._trusted(levels, suffix) for levels, suffix in plan.ids(codes, suffixes)]
 
     def _relocated(self, conn, space, rec: IndexRecord, version: int, x: np.ndarray,

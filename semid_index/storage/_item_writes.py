@@ -34,7 +34,10 @@ __all__ = ["ItemWrites"]
 
 BULK_BATCH = 50_000  # rows per executemany call or COPY stretch (progress granularity)
 _COLS = "index_id, version, item_key, code, suffix, fingerprint"
+# a duplicate item key as each backend reports it (a primary-key violation), from the schema
 _PG_KEY_CONSTRAINT = NAMING_CONVENTION["pk"] % {"table_name": items.name}
+_SQLITE_KEY_TAKEN = "UNIQUE constraint failed: " + ", ".join(
+    f"{items.name}.{c.name}" for c in items.primary_key.columns)
 
 Progress = Callable[[int], object] | None
 
@@ -107,9 +110,7 @@ class ItemWrites:
     def _key_taken(self, e: Exception) -> bool:
         """Whether driver error ``e`` is a duplicate (index, version, item key)."""
         if self.dialect == "sqlite":
-            return isinstance(e, sqlite3.IntegrityError) and str(e).startswith(
-                "UNIQUE constraint failed: semid_items.index_id, semid_items.version, "
-                "semid_items.item_key")
+            return isinstance(e, sqlite3.IntegrityError) and str(e) == _SQLITE_KEY_TAKEN
         diag = getattr(e, "diag", None)
         return getattr(e, "sqlstate", None) == "23505" and diag is not None and \
             diag.constraint_name == _PG_KEY_CONSTRAINT
@@ -143,20 +144,18 @@ class ItemWrites:
                 [{"i": space.index_id, "v": space.version, "k": k, "fp": fp} for k, fp in pairs])
 
     # ------------------------------------------------------------------ internals
-    def _bulk(self, conn: Connection, space: Space, keys: Sequence[str],
-              packed: list[bytes] | np.ndarray, suffixes: np.ndarray, fingerprints: np.ndarray,
-              progress: Progress) -> None:
-        """Write the rows in batches of BULK_BATCH. ``packed``: the binary codes, or the (N, L)
-        codes to pack batch by batch (a load's memory then holds no list of N code keys)."""
+    def _bulk(self, conn: Connection, space: Space, keys: Sequence[str], codes: np.ndarray,
+              suffixes: np.ndarray, fingerprints: np.ndarray, progress: Progress) -> None:
+        """Write the rows in batches of BULK_BATCH, packing the (N, L) codes batch by batch (a
+        load's memory then holds no list of N code keys)."""
         raw = driver_connection(conn)
 
         def batches():
             for a in range(0, len(keys), BULK_BATCH):
                 b = min(a + BULK_BATCH, len(keys))
-                codes = space.layout.pack(packed[a:b]) if isinstance(packed, np.ndarray) \
-                    else packed[a:b]
                 yield b - a, zip(repeat(space.index_id), repeat(space.version), keys[a:b],
-                                 codes, suffixes[a:b].tolist(), fingerprints[a:b].tolist())
+                                 space.layout.pack(codes[a:b]), suffixes[a:b].tolist(),
+                                 fingerprints[a:b].tolist())
         if self.dialect == "sqlite":
             with closing(raw.cursor()) as cur:
                 for size, rows in batches():
