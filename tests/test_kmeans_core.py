@@ -30,6 +30,14 @@ def test_nearest_matches_brute_force_in_blocks(monkeypatch):
     assert torch.allclose(dist, ref.min(1).values, rtol=1e-4, atol=1e-4)
 
 
+def test_score_blocks_are_smaller_on_the_cpu_than_on_an_accelerator():
+    from semid_index.quantize._kernels import DEVICE_SCORE_BLOCK, SCORE_BLOCK, block_rows
+
+    assert block_rows(32) == block_rows(32, device=torch.device("cpu")) == SCORE_BLOCK // 32
+    assert block_rows(32, device=torch.device("cuda")) == DEVICE_SCORE_BLOCK // 32
+    assert block_rows(32, 100) == 100 and block_rows(1 << 30) == 64
+
+
 @pytest.fixture
 def pool_any_size(monkeypatch):
     """The row pool for calls of any size (by default only calls of POOL_MIN_SCORES scores or

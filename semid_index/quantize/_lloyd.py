@@ -95,7 +95,7 @@ def lloyd(level, x: torch.Tensor, n_iter: int, tol: float, rows: int | None = No
     if shard is not None and shard.distributed and (balance is not None or cap is not None):
         raise ConfigError("a distributed fit takes neither balance nor max_per_code")
     one = Shard(n) if shard is None else shard
-    rows = block_rows(k, rows)  # score blocks of up to 4 MiB (SCORE_BLOCK)
+    rows = block_rows(k, rows, x.device)  # score blocks of up to 4 MiB (SCORE_BLOCK) on a CPU
     xsq = one.total(float(row_sq_norms(x).double().sum()))
     m = n if balance is None else min(n, max(k, PRICE_FLOATS // k))
     # the rows the prices are solved on: all, or a systematic sample of m spread over x
